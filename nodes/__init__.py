@@ -1,0 +1,1 @@
+"""ComfyUI node classes: one module per node family, plus `host`, the compatibility layer."""

@@ -1,0 +1,167 @@
+"""Start a ComfyUI server on loopback and talk to it over HTTP (used by the tests and the main job).
+
+Standard library only. `ComfyServer` launches `main.py --cpu` on a free port with its own
+input/output/temp folders, waits for `/object_info`, and stops the process by PID.
+`ComfyServer.run(graph)` posts an API-format graph and waits for its history entry.
+`ui_to_api(workflow, object_info)` turns a UI-format (drag-and-drop) workflow into an API graph.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+
+class ComfyError(RuntimeError):
+    pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, python, comfy_dir, workdir, extra_model_paths=None, port=None):
+        self.python, self.comfy_dir, self.workdir = python, comfy_dir, workdir
+        self.extra_model_paths = extra_model_paths
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.input_dir = os.path.join(workdir, "input")
+        self.output_dir = os.path.join(workdir, "output")
+        self.temp_dir = os.path.join(workdir, "temp")
+        self.log_path = os.path.join(workdir, "server.log")
+        self.proc = None
+
+    def start(self, timeout=120):
+        for d in (self.input_dir, self.output_dir, self.temp_dir):
+            os.makedirs(d, exist_ok=True)
+        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--input-directory", self.input_dir, "--output-directory", self.output_dir,
+               "--temp-directory", self.temp_dir, "--disable-auto-launch"]
+        if self.extra_model_paths:
+            cmd += ["--extra-model-paths-config", self.extra_model_paths]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.object_info = self.get("/object_info")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise ComfyError(f"ComfyUI did not answer /object_info within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc:
+            self._log.close()
+
+    def log_tail(self, n=4000):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")[-n:]
+        except OSError:
+            return ""
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path, data):
+        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def submit(self, graph):
+        """POST /prompt; returns the prompt id, or raises with the host's validation errors."""
+        status, body = self.post("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        if status != 200 or body.get("node_errors"):
+            raise ComfyError(f"/prompt rejected the graph (HTTP {status}): {json.dumps(body, indent=1)[:4000]}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id, timeout=600):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist:
+                entry = hist[prompt_id]
+                status = entry.get("status", {})
+                for kind, data in status.get("messages", []):
+                    if kind == "execution_error":
+                        raise ComfyError(
+                            f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                            f"{data.get('exception_type')}: {data.get('exception_message')}\n"
+                            + "".join(data.get("traceback", []))[-3000:])
+                if status.get("completed", True):
+                    return entry
+            if self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI died while running the graph:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise ComfyError(f"graph {prompt_id} did not finish within {timeout}s:\n{self.log_tail()}")
+
+    def run(self, graph, timeout=600):
+        return self.wait(self.submit(graph), timeout)
+
+
+# Input types the front end shows as widgets (everything else is a socket).
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def _widget_inputs(spec):
+    """(name, has_control_after_generate) for each widget input of a node, in front-end order."""
+    out = []
+    for section in ("required", "optional"):
+        for name, value in spec["input"].get(section, {}).items():
+            kind = value[0]
+            opts = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+            if isinstance(kind, list) or kind in WIDGET_TYPES or opts.get("widget_type"):
+                control = kind == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate"))
+                out.append((name, bool(control)))
+            elif kind.isupper() and kind.endswith("UPLOAD"):
+                out.append((None, False))  # an upload button: keeps a slot in widgets_values
+    return out
+
+
+def ui_to_api(workflow, object_info):
+    """Convert a UI-format workflow (as saved by the front end) into an API-format graph."""
+    links = {l[0]: l for l in workflow.get("links", [])}  # id, from_node, from_slot, to_node, to_slot, type
+    graph = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+            continue
+        spec = object_info.get(node["type"])
+        if spec is None:
+            raise ComfyError(f"workflow node {node['id']} has type {node['type']}, unknown to this host")
+        inputs = {}
+        values = list(node.get("widgets_values") or [])
+        i = 0
+        for name, control in _widget_inputs(spec):
+            if i < len(values) and name is not None:
+                inputs[name] = values[i]
+            i += 2 if control else 1
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                inputs[inp["name"]] = [str(link[1]), link[2]]
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return graph

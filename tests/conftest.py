@@ -1,0 +1,129 @@
+"""Shared fixtures for every tier.
+
+Tiers (by folder): unit (adapter_core alone), host (our nodes in-process in the real ComfyUI),
+e2e (a live server over HTTP), browser (the front end in headless Chromium). The repo is importable
+as the package `temporal_adapter` without running its `__init__` (which needs the host), so unit
+tests import `temporal_adapter.adapter_core...` with no ComfyUI at all.
+"""
+import json
+import os
+import sys
+import time
+import types
+from collections import defaultdict
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = "temporal_adapter"
+
+if PACKAGE not in sys.modules:
+    _pkg = types.ModuleType(PACKAGE)
+    _pkg.__path__ = [REPO]
+    _pkg.__package__ = PACKAGE
+    _pkg.__file__ = os.path.join(REPO, "__init__.py")
+    sys.modules[PACKAGE] = _pkg
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+
+def manifest():
+    """What `scripts/ta.py setup` provisioned (host path, weights, clips)."""
+    path = os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")
+    if not os.path.exists(path):
+        pytest.exit(f"no provisioning manifest at {path}: run `python3 scripts/ta.py test` "
+                    "(or `python3 scripts/ta.py setup` first)", returncode=3)
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def provisioned():
+    return manifest()
+
+
+@pytest.fixture(scope="session")
+def clips(provisioned):
+    return provisioned["clips"]
+
+
+@pytest.fixture(scope="session")
+def comfy_host(provisioned, tmp_path_factory):
+    """The real ComfyUI imported in this process with --cpu, its folders pointed at temp dirs.
+
+    Returns a namespace with the host's `nodes` module, `folder_paths`, the checkpoint folder and
+    `plugin`: our package with its real `__init__` executed (NODE_CLASS_MAPPINGS etc.).
+    """
+    comfy_dir = provisioned["comfyui"]
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu"]
+    try:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses --cpu now)
+        import folder_paths
+        import nodes as host_nodes
+    finally:
+        sys.argv = argv
+    base = tmp_path_factory.mktemp("comfy")
+    for name in ("input", "output", "temp"):
+        os.makedirs(base / name, exist_ok=True)
+    folder_paths.set_input_directory(str(base / "input"))
+    folder_paths.set_output_directory(str(base / "output"))
+    folder_paths.set_temp_directory(str(base / "temp"))
+    folder_paths.add_model_folder_path("checkpoints", provisioned["checkpoints"])
+    plugin = sys.modules[PACKAGE]
+    if not hasattr(plugin, "NODE_CLASS_MAPPINGS"):
+        with open(os.path.join(REPO, "__init__.py")) as f:
+            exec(compile(f.read(), plugin.__file__, "exec"), plugin.__dict__)
+    return types.SimpleNamespace(nodes=host_nodes, folder_paths=folder_paths, plugin=plugin,
+                                 dir=comfy_dir, base=base, checkpoints=provisioned["checkpoints"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(comfy_host):
+    """(MODEL, CLIP, VAE) of the generated tiny SD1.5 checkpoint, loaded by the host's own loader."""
+    import torch
+    with torch.inference_mode():
+        return comfy_host.nodes.CheckpointLoaderSimple().load_checkpoint("ta_tiny_sd15.safetensors")[:3]
+
+
+@pytest.fixture(scope="session")
+def live_server(provisioned, comfy_host, tmp_path_factory):
+    """A ComfyUI server on a free loopback port with our plugin; stopped at the end of the session."""
+    from comfy_client import ComfyServer
+    server = ComfyServer(provisioned["python"], provisioned["comfyui"], str(tmp_path_factory.mktemp("live")),
+                         extra_model_paths=provisioned["extra_model_paths"])
+    server.start()
+    missing = sorted(set(comfy_host.plugin.NODE_CLASS_MAPPINGS) - set(server.object_info))
+    if missing:
+        server.stop()
+        pytest.fail(f"the live host did not register {missing}; server log:\n{server.log_tail()}")
+    yield server
+    server.stop()
+
+
+# ---- time per tier, printed at the end -------------------------------------------------------
+_tier_time = defaultdict(float)
+_tier_count = defaultdict(int)
+
+
+def _tier(nodeid):
+    parts = nodeid.split("/")  # node ids are relative to tests/ (the rootdir)
+    return parts[0] if len(parts) > 1 else "other"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    t0 = time.time()
+    yield
+    _tier_time[_tier(item.nodeid)] += time.time() - t0
+    _tier_count[_tier(item.nodeid)] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.section("time per test tier")
+    for tier in sorted(_tier_time):
+        terminalreporter.write_line(f"{tier:8s} {_tier_count[tier]:4d} tests {_tier_time[tier]:8.1f} s")
