@@ -1,0 +1,164 @@
+"""The video nodes inside the real host, called in-process under inference mode like the executor."""
+import json
+import os
+import shutil
+
+import av
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_host):
+    from temporal_adapter.nodes import video_nodes
+    return video_nodes
+
+
+@pytest.fixture(scope="module")
+def input_dir(comfy_host, clips):
+    folder = comfy_host.folder_paths.get_input_directory()
+    shutil.copy(clips["bikes.mp4"], os.path.join(folder, "bikes.mp4"))
+    with open(os.path.join(folder, "notes.txt"), "w") as f:
+        f.write("not listed")
+    return folder
+
+
+LOAD_DEFAULTS = dict(path="", force_rate=0.0, skip_first_frames=0, select_every_nth=1, frame_load_cap=0,
+                     custom_width=0, custom_height=0)
+
+
+def load(nodes, **kwargs):
+    with torch.inference_mode():
+        return nodes.TA_LoadVideo().load(**{**LOAD_DEFAULTS, **kwargs})
+
+
+def test_loader_lists_input_videos_and_loads_one(nodes, input_dir):
+    choices = nodes.TA_LoadVideo.INPUT_TYPES()["required"]["video"][0]
+    assert "bikes.mp4" in choices and "notes.txt" not in choices
+    assert nodes.TA_LoadVideo.VALIDATE_INPUTS(video="bikes.mp4", path="") is True
+    images, fps, count, info, text = load(nodes, video="bikes.mp4", force_rate=12.5, frame_load_cap=8,
+                                          custom_width=320)
+    assert images.shape == (8, 136, 320, 3) and images.dtype == torch.float32
+    assert fps == 12.5 and count == 8
+    assert (info["fps"], info["frame_count"], info["width"], info["height"]) == (25.0, 250, 640, 272)
+    assert info["duration"] == pytest.approx(10.0)
+    assert (info["loaded_frame_count"], info["loaded_width"], info["loaded_height"]) == (8, 320, 136)
+    assert text.startswith("bikes.mp4: 640x272 h264, 25.000 fps, 250 frames, 10.00 s -> loaded 8 frames")
+
+
+def test_validate_rejects_missing_and_escaping_sources(nodes, input_dir, clips, tmp_path):
+    validate = nodes.TA_LoadVideo.VALIDATE_INPUTS
+    assert "gone.mp4: no such file" in validate(video="gone.mp4", path="")
+    assert "'..' is not allowed" in validate(video="../bikes.mp4", path="")
+    assert "outside the folders" in validate(video="bikes.mp4", path="/etc/passwd")
+    assert "outside the folders" in validate(video="bikes.mp4", path=clips["carphone_pristine.mp4"])
+    os.symlink(clips["carphone_pristine.mp4"], os.path.join(input_dir, "escape.mp4"))
+    try:
+        assert "outside the folders" in validate(video="escape.mp4", path="")
+    finally:
+        os.remove(os.path.join(input_dir, "escape.mp4"))
+    assert validate(video="bikes.mp4", path=os.path.join(input_dir, "bikes.mp4")) is True
+    assert validate(video="bikes.mp4", path=None) is True  # a linked path is checked at run time
+
+
+def test_path_loader_honours_configured_roots(nodes, input_dir, clips, monkeypatch):
+    folder = os.path.dirname(clips["carphone_pristine.mp4"])
+    monkeypatch.setenv("TEMPORAL_ADAPTER_ALLOWED_ROOTS", folder)
+    assert nodes.TA_LoadVideo.VALIDATE_INPUTS(video="bikes.mp4", path=clips["carphone_pristine.mp4"]) is True
+    images, fps, count, info, _ = load(nodes, video="bikes.mp4", path=clips["carphone_pristine.mp4"],
+                                       frame_load_cap=4)
+    assert images.shape == (4, 144, 176, 3) and info["codec"] == "h264"
+
+
+def test_is_changed_follows_content_and_options(nodes, input_dir, clips):
+    path = os.path.join(input_dir, "changing.mp4")
+    shutil.copy(clips["carphone_pristine.mp4"], path)
+    options = {k: v for k, v in LOAD_DEFAULTS.items() if k != "path"}
+    first = nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **options)
+    assert nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **options) == first
+    capped = {**options, "frame_load_cap": 3}
+    assert nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **capped) != first
+    shutil.copy(clips["bikes.mp4"], path)
+    assert nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **options) != first
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("text.mp4", b"a shopping list\n" * 40, r"text\.mp4: not a video file"),
+    ("half.mp4", None, r"half\.mp4: the video is damaged or truncated"),
+])
+def test_bad_files_fail_with_the_file_and_the_reason(nodes, input_dir, clips, name, content, message):
+    if content is None:
+        with open(clips["bikes.mp4"], "rb") as f:
+            content = f.read()[:200_000]
+    with open(os.path.join(input_dir, name), "wb") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=message):
+        load(nodes, video=name)
+
+
+def test_skip_past_the_end_fails_clearly(nodes, input_dir):
+    with pytest.raises(ValueError, match=r"bikes\.mp4: no frames to load.*250 frames.*skip_first_frames=300"):
+        load(nodes, video="bikes.mp4", skip_first_frames=300)
+
+
+def test_memory_check_uses_the_free_memory(nodes, input_dir, monkeypatch):
+    monkeypatch.setattr(nodes.host, "available_memory", lambda: 20 * 2**20)
+    with pytest.raises(ValueError, match=r"bikes\.mp4: loading 250 frames at 640x272 needs 498\.0 MiB.*"
+                                         r"only 20\.0 MiB.*frame_load_cap to 10 or less"):
+        load(nodes, video="bikes.mp4")
+
+
+def test_interrupt_stops_the_decode(nodes, input_dir, comfy_host):
+    import comfy.model_management as mm
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            load(nodes, video="bikes.mp4")
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def save(nodes, images, **kwargs):
+    args = dict(fps=25.0, filename_prefix="ta_test/clip", format="mp4", crf=19,
+                prompt={"1": {"class_type": "TA_SaveVideo", "inputs": {}}},
+                extra_pnginfo={"workflow": {"nodes": [], "version": 0.4}})
+    with torch.inference_mode():
+        return nodes.TA_SaveVideo().save(images, **{**args, **kwargs})
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp", "png"])
+def test_saver_writes_each_format_with_preview_and_counter(nodes, input_dir, comfy_host, fmt):
+    images = load(nodes, video="bikes.mp4", frame_load_cap=6, custom_width=160)[0]
+    output = comfy_host.folder_paths.get_output_directory()
+    first = save(nodes, images, format=fmt, filename_prefix=f"ta_test/{fmt}/clip")
+    second = save(nodes, images, format=fmt, filename_prefix=f"ta_test/{fmt}/clip")
+    path = first["result"][0]
+    suffix = "png" if fmt == "png" else f".{fmt}"
+    assert path == os.path.join(output, "ta_test", fmt, f"clip_00001_{suffix}")
+    assert second["result"][0].endswith(f"clip_00002_{suffix}")
+    assert [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")] == []
+    ui = first["ui"]
+    assert ui["animated"] == (True,) and len(ui["images"]) == 1
+    preview = ui["images"][0]
+    root = {"output": output, "temp": comfy_host.folder_paths.get_temp_directory()}[preview["type"]]
+    preview_path = os.path.join(root, preview["subfolder"], preview["filename"])
+    with Image.open(preview_path) as im:
+        assert im.format in ("GIF", "WEBP") and im.n_frames == 6
+    if fmt in ("mp4", "webm"):
+        with av.open(path) as c:
+            tags = {k.lower(): v for k, v in c.metadata.items()}
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        assert json.loads(tags["workflow"]) == {"nodes": [], "version": 0.4}
+        assert json.loads(tags["prompt"])["1"]["class_type"] == "TA_SaveVideo"
+
+
+def test_saver_respects_disable_metadata(nodes, input_dir, monkeypatch):
+    import comfy.cli_args
+    monkeypatch.setattr(comfy.cli_args.args, "disable_metadata", True)
+    images = load(nodes, video="bikes.mp4", frame_load_cap=2, custom_width=64)[0]
+    path = save(nodes, images, filename_prefix="ta_test/nometa")["result"][0]
+    with av.open(path) as c:
+        assert not {"prompt", "workflow"} & {k.lower() for k in c.metadata}
