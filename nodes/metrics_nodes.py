@@ -1,5 +1,4 @@
 """Consistency metrics node: how temporally stable an edit is, measured against its source clip."""
-import os
 
 import torch
 
@@ -54,10 +53,8 @@ class TA_ConsistencyMetrics:
         report = metrics.consistency_report(
             source, edited, latents=None if latents is None else latents["samples"], embed=embed,
             progress=host.Progress(len(source)).callback)
-        folder, filename, counter, subfolder = host.save_location(filename_prefix, report["width"], report["height"])
-        name = f"{filename}_{counter:05}_.json"
-        metrics.write_json(report, os.path.join(folder, name))
-        text = f"{metrics.format_report(report)}\nsaved: {os.path.join(subfolder, name)}"
+        saved = host.save_json(report, filename_prefix)
+        text = f"{metrics.format_report(report)}\nsaved: {saved}"
         plot = torch.from_numpy(metrics.plot_report(report)).float().div(255.0).unsqueeze(0)
         return {"ui": {"text": [text]}, "result": (text, plot)}
 

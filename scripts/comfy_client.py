@@ -165,3 +165,16 @@ def ui_to_api(workflow, object_info):
                 inputs[inp["name"]] = [str(link[1]), link[2]]
         graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return graph
+
+
+def set_inputs(graph, values):
+    """Set inputs by node type: values = {(class_type, input_name): value}; returns the count set.
+
+    Used to point a user-facing workflow at test files (clips, generated checkpoints)."""
+    count = 0
+    for node in graph.values():
+        for (kind, name), value in values.items():
+            if node["class_type"] == kind and name in node["inputs"]:
+                node["inputs"][name] = value
+                count += 1
+    return count

@@ -33,7 +33,7 @@ def file_name(kind):
 
 
 def _fill(state_dict, seed):
-    """Deterministic init: fan-in scaled normals for weights, ones for norm scales, zeros for biases."""
+    """Deterministic init: fan-in scaled normals for weights, ones for 1-D scales (norms), zeros for biases."""
     import torch
     gen = torch.Generator("cpu").manual_seed(seed)
     out = {}
@@ -42,7 +42,7 @@ def _fill(state_dict, seed):
         if key.endswith("bias"):
             v = torch.zeros(t.shape)
         elif t.ndim <= 1:
-            v = torch.ones(t.shape) if ("norm" in key or "ln" in key or "scale" in key) else torch.zeros(t.shape)
+            v = torch.ones(t.shape)
         elif "embedding" in key:
             v = torch.randn(t.shape, generator=gen) * 0.02
         else:
@@ -50,6 +50,16 @@ def _fill(state_dict, seed):
             v = torch.randn(t.shape, generator=gen) / fan_in ** 0.5
         out[key] = v.to(torch.float16).contiguous()
     return out
+
+
+def _latent_scale(taesd, vae_sd, target_std=5.0):
+    """TAESD's vae_scale that gives encoded latents about SD1.5's spread (std ~5 before the 0.18215
+    scale factor, ~1 inside the model), measured on a fixed seeded image."""
+    import torch
+    taesd.load_state_dict({k: v.float() for k, v in vae_sd.items()})
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator("cpu").manual_seed(7))
+    raw_std = taesd.taesd_encoder(image).std()
+    return (raw_std / target_std).reshape(vae_sd["vae_scale"].shape).to(torch.float16)
 
 
 def build(kind, comfy_dir):
@@ -78,7 +88,9 @@ def build(kind, comfy_dir):
     sd.update({"cond_stage_model.transformer." + k: v for k, v in _fill(text, 100).items()})
     del clip
     taesd = comfy.taesd.taesd.TAESD()
-    sd.update({"first_stage_model." + k: v for k, v in _fill(taesd.state_dict(), 200).items()})
+    vae_sd = _fill(taesd.state_dict(), 200)
+    vae_sd["vae_scale"] = _latent_scale(taesd, vae_sd)
+    sd.update({"first_stage_model." + k: v for k, v in vae_sd.items()})
     detected = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
     name = type(detected).__name__ if detected is not None else None
     if name != "SD15":
