@@ -13,14 +13,12 @@ Run from the repo root:  .cache/venv/bin/python benchmarks/bilateral.py
 """
 import argparse
 import os
-import statistics
-import sys
-import time
-import types
 
 import cv2
 import numpy as np
 import torch
+
+from common import import_host, register_package, seconds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES, TOKENS, CHANNELS = 16, 4096, 320
@@ -28,36 +26,15 @@ FRAMES, TOKENS, CHANNELS = 16, 4096, 320
 
 def core_bilateral():
     """adapter_core.bilateral, imported as the package `temporal_adapter` without its host __init__."""
-    if "temporal_adapter" not in sys.modules:
-        package = types.ModuleType("temporal_adapter")
-        package.__path__ = [REPO]
-        sys.modules["temporal_adapter"] = package
+    register_package()
     from temporal_adapter.adapter_core import bilateral
     return bilateral
 
 
-def seconds(fn, repeats):
-    """Median wall time of fn() over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def unet_forward_seconds(checkpoint, comfy_dir, frames, repeats):
     """Median time of one SD1.5 UNet forward (apply_model) on `frames` 64×64 latents, CPU."""
-    sys.path.insert(0, comfy_dir)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.sd
-    finally:
-        sys.argv = argv
-    patcher = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False)[0]
+    sd = import_host(comfy_dir)
+    patcher = sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False)[0]
     model = patcher.model
     g = torch.Generator().manual_seed(0)
     x = torch.randn(frames, 4, 64, 64, generator=g)

@@ -15,55 +15,21 @@ Run from the repo root:  .cache/venv/bin/python benchmarks/heatmaps.py
 import argparse
 import os
 import statistics
-import sys
-import threading
 import time
-import types
 
-import psutil
 import torch
+
+from common import PeakRSS, import_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_plugin(comfy_dir):
-    """The host (in-process, --cpu) and our package `temporal_adapter` without its __init__."""
-    sys.path.insert(0, comfy_dir)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401
-        import comfy.sd
-    finally:
-        sys.argv = argv
-    if "temporal_adapter" not in sys.modules:
-        package = types.ModuleType("temporal_adapter")
-        package.__path__ = [REPO]
-        sys.modules["temporal_adapter"] = package
+    """The host (in-process, --cpu) and the modules this benchmark uses."""
+    sd = import_host(comfy_dir)
     from temporal_adapter.adapter_core import ddim, heatmaps
     from temporal_adapter.nodes import host
-    return comfy.sd, ddim, heatmaps, host
-
-
-class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled every millisecond)."""
-
-    def __enter__(self):
-        self.process, self.peak, self.running = psutil.Process(), 0, True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _watch(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+    return sd, ddim, heatmaps, host
 
 
 def main():
