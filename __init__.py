@@ -6,7 +6,8 @@ this folder under a name of its own choosing.
 import importlib
 
 # One module per node family; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_FAMILIES = ("video_nodes", "inversion_nodes", "metrics_nodes")
+_FAMILIES = ("video_nodes", "inversion_nodes", "metrics_nodes", "heatmap_nodes", "adapter_nodes",
+             "sampler_nodes")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -3,8 +3,15 @@
 Node files call these helpers instead of the host, so a host change is fixed here. Only API that
 both the 2024 host and the newest host have is used (see shared design notes, "API surface").
 """
+import copy
+import functools
 import hashlib
+import inspect
 import os
+import re
+import sys
+import textwrap
+import types
 
 import psutil
 import torch
@@ -15,6 +22,8 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import folder_paths
+
+from ..adapter_core.lora import TimestepWindow, lora_linear
 
 # Model families (ComfyUI's supported_models class names) whose UNet layout the method targets.
 SUPPORTED_FAMILIES = ("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix")
@@ -80,6 +89,16 @@ def save_location(filename_prefix, width=0, height=0, directory=None):
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, directory, width, height)
     return folder, filename, counter, subfolder
+
+
+def save_json(report, filename_prefix):
+    """Write a JSON report under the output folder with ComfyUI's prefix convention, atomically.
+    Returns the path relative to the output folder."""
+    from ..adapter_core.metrics import write_json
+    folder, filename, counter, subfolder = save_location(filename_prefix)
+    name = f"{filename}_{counter:05}_.json"
+    write_json(report, os.path.join(folder, name))
+    return os.path.join(subfolder, name)
 
 
 def send_event(event, data):
@@ -151,13 +170,148 @@ def with_attn1_output_patch(model, patch):
     return clone
 
 
+def with_patches(model, attn1=(), attn1_output=(), output_block=()):
+    """A clone of `model` with these patches added after any already there (the input is untouched)."""
+    clone = model.clone()
+    for patch in attn1:
+        clone.set_model_attn1_patch(patch)
+    for patch in attn1_output:
+        clone.set_model_attn1_output_patch(patch)
+    for patch in output_block:
+        clone.set_model_output_block_patch(patch)
+    return clone
+
+
+def patched_sampler(sampler_fn, patches, options=None):
+    """A SAMPLER whose runs add `patches` ({"attn1_patch": [...], "attn1_output_patch": [...], ...})
+    to the model options the host passes in extra_args (a copy: the MODEL is untouched)."""
+    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        extra_args = dict(extra_args or {})
+        model_options = dict(extra_args.get("model_options") or {})
+        transformer_options = dict(model_options.get("transformer_options") or {})
+        merged = dict(transformer_options.get("patches") or {})
+        for name, fns in patches.items():
+            merged[name] = list(merged.get(name, [])) + list(fns)
+        transformer_options["patches"] = merged
+        model_options["transformer_options"] = transformer_options
+        extra_args["model_options"] = model_options
+        return sampler_fn(model, x, sigmas, extra_args, callback, disable, **kwargs)
+    return make_sampler(run, options)
+
+
+def source_denoiser(model, conditioning, rows, frames):
+    """denoise(x, sigma_batch) -> x0 for use inside a sampling run of `model` (already loaded): one
+    cfg-1 UNet call with the first entry of `conditioning` for the clip frames `rows`, through the
+    model's own patches and UNet function wrapper, as one unconditional batch chunk."""
+    context = select_conditioning(conditioning[:1], rows, frames)[0][0]
+
+    def denoise(x, sigma):
+        c = {"c_crossattn": context.to(x.device).expand(x.shape[0], -1, -1),
+             "transformer_options": {**model.model_options.get("transformer_options", {}),
+                                     "cond_or_uncond": [1], "sigmas": sigma}}
+        wrapper = model.model_options.get("model_function_wrapper")
+        if wrapper is not None:
+            return wrapper(model.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [1]})
+        return model.model.apply_model(x, sigma, **c)
+    return denoise
+
+
+def preview_callback(model, total):
+    """The host's progress bar with latent previews: update(step, x0) with x0 the model-space latent
+    predicted at that step (its first frame is shown); honours interrupt."""
+    import latent_preview
+    callback = latent_preview.prepare_callback(model, total)
+
+    def update(step, x0):
+        check_interrupt()
+        callback(step - 1, x0, None, total)
+    return update
+
+
+def host_attention():
+    """The host's own attention as attend(q, k, v, extra_options) for an attn2 replace, with the keywords
+    its CrossAttention passes (attn_precision / transformer_options on newer hosts, none in 2024)."""
+    import inspect
+
+    import comfy.ldm.modules.attention as attention
+    fn = attention.optimized_attention
+    params = inspect.signature(fn).parameters
+    open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    precision = open_kw or "attn_precision" in params
+    options = open_kw or "transformer_options" in params
+
+    def attend(q, k, v, extra_options):
+        kwargs = {"transformer_options": extra_options} if options else {}
+        if precision and "attn_precision" in extra_options:
+            kwargs["attn_precision"] = extra_options["attn_precision"]
+        return fn(q, k, v, extra_options["n_heads"], **kwargs)
+    return attend
+
+
+def with_attn2_capture(model, blocks, record):
+    """A clone of `model` whose cross-attention (attn2) in `blocks` ([("output", 4), ...]) also calls
+    `record(q, k, extra_options)` with the projected query and key. The output is computed exactly
+    as without the patch: by an attn2 replace already on the model for that block, else by the
+    host's own attention function (the input model is untouched)."""
+    clone = model.clone()
+    existing = clone.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    attend = host_attention()
+
+    def capture(previous):
+        def replace(q, k, v, extra_options):
+            record(q, k, extra_options)
+            return (previous or attend)(q, k, v, extra_options)
+        return replace
+
+    for name, number in blocks:
+        for key in [key for key in existing if tuple(key[:2]) == (name, number) and len(key) == 3]:
+            clone.set_model_attn2_replace(capture(existing[key]), name, number, key[2])
+        clone.set_model_attn2_replace(capture(existing.get((name, number))), name, number)
+    return clone
+
+
+def _clip_tokenizer(clip):
+    tokenizer = clip.tokenizer
+    return getattr(tokenizer, tokenizer.clip)  # SD1/SD2: the single CLIP tokenizer (clip_l / clip_h)
+
+
+def prompt_tokens(clip, text):
+    """The prompt as the host's CLIP tokenizer gives it: ([(token_id, piece, word_id)] over all
+    77-token chunks, start token id, end token id). Embeddings (tensors) get id -1."""
+    inner = _clip_tokenizer(clip)
+    chunks = next(iter(clip.tokenize(text, return_word_ids=True).values()))
+    tokens = []
+    for chunk in chunks:
+        for token, _weight, word_id in chunk:
+            if torch.is_tensor(token):
+                tokens.append((-1, "<embedding>", word_id))
+            else:
+                tokens.append((int(token), inner.inv_vocab.get(int(token), "?"), word_id))
+    return tokens, inner.start_token, inner.end_token
+
+
+def token_encoder(clip):
+    """encode(text) -> the token ids of `text` as they appear inside a prompt (no start/end)."""
+    def encode(text):
+        chunks = next(iter(clip.tokenize(text, return_word_ids=True).values()))
+        return [int(t) for chunk in chunks for t, _w, word_id in chunk if word_id and not torch.is_tensor(t)]
+    return encode
+
+
 def slice_conditioning(conditioning, lo, hi, frames):
     """Conditioning for frames lo:hi: per-frame (batch == frames) tensors are sliced, others kept."""
+    return select_conditioning(conditioning, range(lo, hi), frames)
+
+
+def select_conditioning(conditioning, rows, frames):
+    """Conditioning for the clip frames `rows` (any order, repeats allowed): per-frame (batch ==
+    frames) tensors are indexed, others kept."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
     out = []
     for tensor, extra in conditioning:
         if tensor.shape[0] == frames and frames > 1:
-            tensor = tensor[lo:hi]
-            extra = {k: (v[lo:hi] if torch.is_tensor(v) and v.shape[0] == frames else v) for k, v in extra.items()}
+            tensor = tensor[index]
+            extra = {k: (v[index] if torch.is_tensor(v) and v.shape[0] == frames else v) for k, v in extra.items()}
         out.append([tensor, extra])
     return out
 
@@ -174,7 +328,8 @@ def make_sampler(sampler_fn, options=None):
     return comfy.samplers.KSAMPLER(sampler_fn, extra_options=options or {})
 
 
-def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, options=None, progress=None):
+def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, options=None, progress=None,
+                seed=None):
     """Run a k-diffusion style `sampler_fn(model, x, sigmas, extra_args, callback, disable, **options)`
     through the host's own sampling path (model loading, patches, conditioning, CFG).
 
@@ -182,6 +337,7 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
     latent: [B, C, H, W] in LATENT (unscaled) space, used as the starting point (no noise added:
     sigmas[0] must be below the model's σ_max, or 0 for an inversion). Returns the result in LATENT space.
     progress: optional callable(step, total_steps, denoised) called after every step.
+    seed: passed to the host (for patches and conditioning that draw random numbers).
     """
     sampler = make_sampler(sampler_fn, options)
     noise = torch.zeros_like(latent)
@@ -194,7 +350,7 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
             progress(step + 1, total_steps, x0)
 
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                                      callback=callback, disable_pbar=True)
+                                      callback=callback, disable_pbar=True, seed=seed)
 
 
 def model_space(model, latent):
@@ -208,3 +364,196 @@ def latent_space(model, latent):
 
 def inversion_cache_dir():
     return os.path.join(temp_directory(), "temporal_adapter", "inversions")
+
+
+# ---- adapter (issue 6): adapter folder, LoRA on a clone, token conditioning, training denoiser ----
+# The 2024-host compatibility shim for training lives here too (`inplace_add_shim`).
+
+ADAPTER_FOLDER = "temporal_adapters"
+
+
+def _register_adapter_folder():
+    """models/temporal_adapters, registered with folder_paths (keeps paths added by extra_model_paths)."""
+    folder_paths.add_model_folder_path(ADAPTER_FOLDER, os.path.join(folder_paths.models_dir, ADAPTER_FOLDER))
+    extensions = folder_paths.folder_names_and_paths[ADAPTER_FOLDER][1]
+    if isinstance(extensions, set):
+        extensions.add(".safetensors")
+
+
+_register_adapter_folder()
+
+
+def adapter_files():
+    return folder_paths.get_filename_list(ADAPTER_FOLDER)
+
+
+def adapter_path(name):
+    """Full path of an adapter file listed by `adapter_files` (None if it is not there)."""
+    return folder_paths.get_full_path(ADAPTER_FOLDER, name)
+
+
+def adapter_save_path(name):
+    """Where to write adapter `name` (a plain file name ending .safetensors) in the first folder."""
+    if os.path.basename(name) != name or not name.endswith(".safetensors") or name.startswith("."):
+        raise ValueError(f"adapter file name must be a plain name ending in .safetensors, got {name!r}")
+    return os.path.join(folder_paths.get_folder_paths(ADAPTER_FOLDER)[0], name)
+
+
+def text_width(model):
+    """Width of the text conditioning the UNet's cross-attention expects (768 for SD1.5)."""
+    return int(model.model.model_config.unet_config["context_dim"])
+
+
+def _block_of(path):
+    """("input"|"middle"|"output", i) of a UNet module path."""
+    parts = path.split(".")
+    if parts[0] == "middle_block":
+        return ("middle", 0)
+    return (parts[0].split("_")[0], int(parts[1]))
+
+
+def attention_linears(model, blocks=None):
+    """{path in the UNet: (in_features, out_features)} of the q/k/v/out projections of every
+    attention (attn1 and attn2) in `blocks` (all transformer blocks when None)."""
+    found = {}
+    for path, module in model.model.diffusion_model.named_modules():
+        if type(module).__name__ != "BasicTransformerBlock":
+            continue
+        if blocks is not None and _block_of(path) not in blocks:
+            continue
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                linear = comfy.utils.get_attr(module, f"{attn}.{proj}")
+                found[f"{path}.{attn}.{proj}"] = (linear.in_features, linear.out_features)
+    return found
+
+
+def adapter_model(model, adapter):
+    """A CLONE of `model` with the adapter's LoRAs installed as object patches (the host puts them in
+    at load and restores the originals after) and a UNet function wrapper that tells the LoRAs the
+    current timestep, so they act only inside the adapter's window. An existing wrapper is kept
+    (called inside ours); existing patches are kept. The incoming MODEL is untouched."""
+    adapter.check_fits(text_width(model), adapter.frames, attention_linears(model))
+    clone = model.clone()
+    window = TimestepWindow(adapter.window.lo, adapter.window.hi)  # this clone's own switch
+    unet = model.model.diffusion_model
+    for path, lora in adapter.loras.items():
+        key = f"diffusion_model.{path}"
+        base = clone.object_patches.get(key) or comfy.utils.get_attr(unet, path)
+        clone.add_object_patch(key, lora_linear(base, lora, window))
+    previous = clone.model_options.get("model_function_wrapper")
+    model_sampling = model.model.model_sampling
+
+    def unet_function(apply_model, args):
+        window.timestep = float(model_sampling.timestep(args["timestep"]).max())
+        try:
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        finally:
+            window.timestep = None
+
+    clone.set_model_unet_function_wrapper(unet_function)
+    return clone
+
+
+def adapter_conditioning(conditioning, adapter, frames):
+    """CONDITIONING with the adapter's tokens prepended per frame: every entry becomes
+    [frames, S + U + L, width] (a one-prompt entry is repeated per frame; extras are kept)."""
+    tokens = adapter.context_tokens(frames)
+    out = []
+    for tensor, extra in conditioning:
+        adapter.check_fits(tensor.shape[-1], frames)
+        if tensor.shape[0] not in (1, frames):
+            raise ValueError(f"conditioning: batch of {tensor.shape[0]} prompts does not match the adapter's "
+                             f"{frames} frames; use one prompt, or one per frame.")
+        tensor = tensor.expand(frames, -1, -1)
+        out.append([torch.cat([tokens.to(tensor), tensor], dim=1), dict(extra)])
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _out_of_place_forward(cls):
+    """BasicTransformerBlock._forward of the 2024 host rewritten with `x = x + ...` for its in-place
+    `x += ...` adds (which break backward through more than one block). None when the class has no
+    `_forward` or adds nothing in place (newer hosts): no shim is needed there."""
+    method = getattr(cls, "_forward", None)
+    if method is None:
+        return None
+    source = textwrap.dedent(inspect.getsource(method))
+    source, count = re.subn(r"^(\s*)x \+= (.+)$", r"\1x = x + \2", source, flags=re.M)
+    if count == 0:
+        return None
+    namespace = {}
+    exec(compile(source, inspect.getsourcefile(method), "exec"), vars(sys.modules[cls.__module__]), namespace)
+    return namespace["_forward"]
+
+
+def inplace_add_shim(unet):
+    """The 2024-host compatibility shim, scoped to one module tree: gives each BasicTransformerBlock
+    in `unet` (a private copy: the shared model's classes and modules are never touched, so nothing
+    needs restoring on exit, error or interrupt) an out-of-place `_forward`. Returns how many blocks
+    it patched: 0 on hosts whose blocks do not add in place."""
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    forward = _out_of_place_forward(type(blocks[0])) if blocks else None
+    if forward is None:
+        return 0
+    for block in blocks:
+        block._forward = types.MethodType(forward, block)
+    return len(blocks)
+
+
+class TrainingDenoiser:
+    """Context manager giving the trainer a differentiable `denoise(x, sigma, context) -> (denoised,
+    features)` in the model's latent space, with the adapter's LoRAs, and `features` the attn1
+    outputs of `feature_blocks` captured during the call.
+
+    Autograd cannot save the host's inference-mode weights, and the MODEL is shared with other
+    nodes: the UNet is copied (frozen, detached clones of the loaded, patched weights) inside
+    `torch.inference_mode(False)`; the LoRAs and the compatibility shim go into that copy only.
+    `shimmed` says how many transformer blocks the shim rewrote.
+    """
+
+    def __init__(self, model, adapter, feature_blocks):
+        self.model, self.adapter, self.blocks = model, adapter, {tuple(b) for b in feature_blocks}
+        self.unet = None
+        self.shimmed = 0
+        self._mode = torch.inference_mode(False)
+
+    def __enter__(self):
+        comfy.model_management.load_models_gpu([self.model])
+        self._mode.__enter__()
+        try:
+            self.unet = copy.deepcopy(self.model.model.diffusion_model).requires_grad_(False)
+            self.shimmed = inplace_add_shim(self.unet)
+            for path, lora in self.adapter.loras.items():
+                parent, name = path.rsplit(".", 1)
+                setattr(comfy.utils.get_attr(self.unet, parent), name,
+                        lora_linear(comfy.utils.get_attr(self.unet, path), lora, self.adapter.window))
+            self.adapter.module.to(self.model.load_device)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.unet = None
+        self.adapter.module.to("cpu")
+        return self._mode.__exit__(*exc)
+
+    def __call__(self, x, sigma, context):
+        base = self.model.model
+        captured = []
+
+        def capture(n, extra_options):
+            if tuple(extra_options.get("block") or ()) in self.blocks:
+                captured.append(n)
+            return n
+
+        dtype = base.manual_cast_dtype or base.get_dtype()
+        device = self.model.load_device
+        x, sigma, context = x.to(device), sigma.to(device), context.to(device)
+        ms = base.model_sampling
+        out = self.unet(ms.calculate_input(sigma, x).to(dtype), ms.timestep(sigma).float(), context=context.to(dtype),
+                        transformer_options={"patches": {"attn1_output_patch": [capture]}}).float()
+        return ms.calculate_denoised(sigma, out, x), captured

@@ -109,22 +109,23 @@ def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, 
 
 
 def test_temporal_filter_raises_adjacent_cosine_of_inverted_latents(comfy_host, nodes_mod, clips):
-    """carphone_pristine.mp4, 16 frames, 64x64 latents (512 px), tiny model (its attention blocks are
-    input 1, output 0, output 1: the filter runs on both output blocks). Two steps: each UNet call on
-    16 frames of 4096 tokens is the expensive part on CPU."""
+    """carphone_pristine.mp4, 16 frames at 32x32 latents (256 px; benchmarks/inversion.py prints the same
+    table at 64x64), tiny model (attention blocks input 1, output 0, output 1: the filter runs on both
+    output blocks), 10 steps. Measured on the inverted latents and on the noise the inversion added
+    (noise - source), where the filter acts. The generated weights are random, so the effect is small
+    (about 1% of 1 - cos); the assertion asks for at least 0.5% of 1 - cos."""
     model, cond, vae = load(comfy_host, "ta_tiny_sd15.safetensors")
-    latent = encode(comfy_host, vae, frames_of(clips["carphone_pristine.mp4"], 16, 512))
+    latent = encode(comfy_host, vae, frames_of(clips["carphone_pristine.mp4"], 16, 256))
     table = {}
     for filt in ("off", "temporal"):
-        # sigma_r relative to the feature spread (2 std): the random model's attn1 features vary more from
-        # frame to frame than a trained model's, so an absolute sigma_r of 1 treats most changes as edges.
-        noise, inv, _ = invert(nodes_mod, model, cond, latent, 2, filt, "output 0, output 1", sigma_r=2.0,
-                               relative=True)
-        table[filt] = float(cosine_similarity_adjacent(inv.noise).mean())
-    print("\nfilter  adjacent-frame cosine of inverted latents (16 frames, 64x64)")
-    for k, v in table.items():
-        print(f"{k:8s} {v:.6f}")
-    assert table["temporal"] > table["off"]
+        noise, inv, _ = invert(nodes_mod, model, cond, latent, 10, filt, "output 0, output 1")
+        table[filt] = (float(cosine_similarity_adjacent(inv.noise).mean()),
+                       float(cosine_similarity_adjacent(inv.noise - inv.source).mean()))
+    print("\nfilter    adjacent cosine: inverted latents | added noise  (16 frames, 32x32 latents)")
+    for k, (a, b) in table.items():
+        print(f"{k:9s} {a:.6f} | {b:.6f}")
+    for i in range(2):
+        assert 1 - table["temporal"][i] < 0.995 * (1 - table["off"][i])
 
 
 def test_chunks_match_the_whole_clip_and_cache_is_reused(comfy_host, nodes_mod, clips):

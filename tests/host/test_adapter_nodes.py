@@ -1,0 +1,248 @@
+"""Adapter trainer and Save/Load/Apply nodes in the real host (two-level tiny SD1.5, carphone clip).
+
+Scale: 8 frames of carphone_pristine.mp4 at 64x64 px (8x8 latents). At 64x64 latents (512 px) one
+forward pass of the two-level UNet over 8 frames took 72 s on this 2-core machine (self-attention over
+4096 tokens), so a few dozen training steps there cannot fit a test; the loop is identical.
+"""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from temporal_adapter.adapter_core import training
+from temporal_adapter.adapter_core.adapter import Adapter
+
+CKPT = "ta_twolevel_sd15.safetensors"
+FRAMES, SIZE, STEPS = 8, 64, 12
+TIMESTEPS = (999, 975, 950, 925, 900)
+
+
+def frames_of(path, count, size):
+    cap, out = cv2.VideoCapture(path), []
+    while len(out) < count:
+        ok, frame = cap.read()
+        assert ok
+        out.append(cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_AREA))
+    return torch.from_numpy(np.stack(out)).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def mods(comfy_host):
+    from temporal_adapter.nodes import adapter_nodes, host
+    return adapter_nodes, host
+
+
+@pytest.fixture(scope="module")
+def clip_setup(comfy_host, clips):
+    nodes = comfy_host.nodes
+    with torch.inference_mode():
+        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[:3]
+        cond = nodes.CLIPTextEncode().encode(clip, "a man talking on a phone in a car")[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
+        latent = nodes.VAEEncode().encode(vae, frames_of(clips["carphone_pristine.mp4"], FRAMES, SIZE))[0]
+    return model, cond, negative, latent
+
+
+@pytest.fixture
+def adapter_dir(comfy_host, tmp_path):
+    """Adapters are written to a temp folder placed first in the temporal_adapters list."""
+    paths = comfy_host.folder_paths.folder_names_and_paths["temporal_adapters"][0]
+    paths.insert(0, str(tmp_path))
+    yield tmp_path
+    paths.remove(str(tmp_path))
+
+
+def train(mods, setup, steps=STEPS, adapter=None, **kw):
+    model, cond, _, latent = setup
+    args = dict(steps=steps, learning_rate="auto", optimizer="adamw", temporal_weight=1.0, temporal_form="adjacent",
+                temporal_reduce="frame", feature_blocks="auto", shared_only_fraction=0.25, seed=3, frames_per_step=4,
+                shared_tokens=4, unshared_tokens=2, lora_rank=4, lora_alpha=4.0, lora_blocks="auto",
+                window_start=900, window_end=1000)
+    args.update(kw)
+    with torch.inference_mode():
+        return mods[0].TA_TrainAdapter().train(model, cond, latent, adapter=adapter, unique_id="7", **args)["result"]
+
+
+def ksample(comfy_host, model, pos, neg, latent, steps=2):
+    with torch.inference_mode():
+        return comfy_host.nodes.KSampler().sample(model, 11, steps, 4.0, "euler", "normal", pos, neg, latent,
+                                                  denoise=1.0)[0]["samples"]
+
+
+def state(adapter):
+    return {k: v.clone() for k, v in adapter.module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained(comfy_host, mods, clip_setup):
+    """Two identical training runs, with the shared model's sampler output before and after."""
+    model, cond, negative, latent = clip_setup
+    before = ksample(comfy_host, model, cond, negative, latent)
+    events = []
+    send = mods[1].send_event
+    mods[1].send_event = lambda event, data: events.append((event, data))
+    try:
+        first = train(mods, clip_setup)
+    finally:
+        mods[1].send_event = send
+    second = train(mods, clip_setup)
+    after = ksample(comfy_host, model, cond, negative, latent)
+    return first, second, before, after, events
+
+
+def evaluate(mods, setup, adapter, batches=3):
+    """Mean (total, denoise, temporal) of the training objective on fixed batches, and the table."""
+    model, cond, _, latent = setup
+    host = mods[1]
+    settings = training.TrainSettings(**adapter.metadata["training"])
+    blocks = [tuple(b) for b in adapter.metadata["feature_blocks"]]
+    with torch.inference_mode(), host.TrainingDenoiser(model, adapter, blocks) as denoise:
+        latents = host.model_space(model, latent["samples"]).clone()
+        text, sigmas = cond[0][0].clone(), host.model_sigmas(model)
+        objective = training.Objective(adapter, denoise, latents, text, sigmas, settings)
+        with torch.no_grad():
+            values = [objective(training.draw_batch(settings, 10_000 + i, FRAMES, latents.shape[1:], adapter.window))
+                      for i in range(batches)]
+        table = training.consistency_table(adapter, denoise, latents, text, sigmas, TIMESTEPS, seed=1)
+    return [float(sum(v[j] for v in values) / batches) for j in range(3)], table
+
+
+@pytest.fixture(scope="module")
+def measured(mods, clip_setup, trained):
+    """evaluate() of an untrained adapter (same seed, same start) and of the trained one."""
+    adapter = trained[0][0]
+    model, cond, _, _ = clip_setup
+    with torch.inference_mode(False):
+        fresh = mods[0].TA_TrainAdapter._new_adapter(model, "SD15", FRAMES, cond[0][0], 4, 2, 4, 4.0, "auto",
+                                                     (900, 1000), 3, None, None)
+    fresh.metadata.update(training=adapter.metadata["training"], feature_blocks=adapter.metadata["feature_blocks"])
+    return evaluate(mods, clip_setup, fresh), evaluate(mods, clip_setup, adapter)
+
+
+def test_training_lowers_the_loss_keeps_the_model_and_repeats_bit_for_bit(trained, measured):
+    (adapter, curve, steps), (again, _, _), before, after, events = trained
+    assert steps == STEPS and curve.shape == (1, 320, 512, 3)
+    assert torch.equal(before, after), "training changed the shared MODEL"
+    history = adapter.metadata["loss_history"]
+    assert history == again.metadata["loss_history"]
+    assert all(torch.equal(a, b) for a, b in zip(state(adapter).values(), state(again).values()))
+    ((t0, d0, tmp0), _), ((t1, d1, tmp1), _) = measured
+    print(f"\nloss on 3 fixed batches, untrained -> trained ({STEPS} AdamW steps): total {t0:.5f} -> {t1:.5f}, "
+          f"denoise {d0:.5f} -> {d1:.5f}, temporal {tmp0:.6f} -> {tmp1:.6f}")
+    print("per-step total:", " ".join(f"{r['total']:.4f}" for r in history))
+    assert t1 < t0 and tmp1 < tmp0
+    assert adapter.metadata["feature_blocks"] == [["output", 0], ["output", 1], ["output", 2], ["output", 3]]
+    assert [e[1]["step"] for e in events if e[0] == "temporal_adapter.loss"] == list(range(1, STEPS + 1))
+
+
+def test_trained_adapter_raises_adjacent_frame_cosine(measured):
+    (_, untrained), (_, trained_rows) = measured
+    print("\n   t | features untrained | features trained | x0 untrained | x0 trained")
+    for (t, fu, xu), (_, ft, xt) in zip(untrained, trained_rows):
+        print(f"{t:4d} | {fu:18.6f} | {ft:16.6f} | {xu:12.6f} | {xt:10.6f}")
+    assert np.mean([r[1] for r in trained_rows]) > np.mean([r[1] for r in untrained])
+    assert np.mean([r[2] for r in trained_rows]) > np.mean([r[2] for r in untrained])
+
+
+def test_the_compatibility_shim_applies_where_needed(mods, clip_setup):
+    """Fails if the 2024 host's in-place adds stop being detected and rewritten (or if the shim is
+    needed but no longer enough); on a host without them it must patch nothing."""
+    import copy
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    host = mods[1]
+    model = clip_setup[0]
+    old_host = hasattr(BasicTransformerBlock, "_forward")
+
+    def backward(shim):
+        with torch.inference_mode(False):
+            unet = copy.deepcopy(model.model.diffusion_model).requires_grad_(False)
+            count = host.inplace_add_shim(unet) if shim else 0
+            x = torch.randn(2, 4, 4, 4, requires_grad=True)
+            out = unet(x, torch.full((2,), 950.0), context=torch.randn(2, 77, 768))
+            out.square().mean().backward()
+            return count, x.grad
+    count, grad = backward(shim=True)
+    assert grad is not None and torch.isfinite(grad).all()
+    if old_host:
+        assert count == 7, "the shim no longer applies to the 2024 host's BasicTransformerBlock"
+        with pytest.raises(RuntimeError, match="inplace operation"):
+            backward(shim=False)
+    else:
+        assert count == 0
+
+
+def test_shared_only_phase_and_plain_gd_on_the_clip(mods, clip_setup):
+    adapter = train(mods, clip_setup, steps=3, optimizer="gd", shared_only_fraction=0.0, frames_per_step=2)[0]
+    totals = [r["total"] for r in adapter.metadata["loss_history"]]
+    print("\nplain GD, auto step (fixed batch):", totals, "step", adapter.metadata["loss_history"][0]["lr"])
+    assert all(b <= a for a, b in zip(totals, totals[1:])) and totals[-1] < totals[0]
+    two = train(mods, clip_setup, steps=2, shared_only_fraction=0.0, frames_per_step=2)[0]
+    three = train(mods, clip_setup, steps=4, adapter=two, shared_only_fraction=0.5, frames_per_step=2)[0]  # 3-4
+    a, b = state(two), state(three)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == ["tokens.shared"]
+
+
+def test_save_load_apply_matches_the_in_memory_adapter(comfy_host, mods, clip_setup, trained, adapter_dir):
+    nodes = mods[0]
+    model, cond, negative, latent = clip_setup
+    adapter = trained[0][0]
+    with torch.inference_mode():
+        name = nodes.TA_SaveAdapter().save(adapter, "carphone")["result"][0]
+        assert name == "carphone_00001.safetensors" and os.listdir(adapter_dir) == [name]
+        loaded = nodes.TA_LoadAdapter().load(name, model, latent)[0]
+        outs = []
+        for a in (adapter, loaded):
+            m, pos, neg = nodes.TA_ApplyAdapter().apply(model, cond, a, True, negative, latent)
+            assert pos[0][0].shape == (FRAMES, 4 + 2 + 77, 768) and neg[0][0].shape == pos[0][0].shape
+            outs.append(ksample(comfy_host, m, pos, neg, latent))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], trained[2])  # the adapter changes the sampler's output
+    assert loaded.metadata["loss_history"] == adapter.metadata["loss_history"]
+    resumed = train(mods, clip_setup, steps=STEPS + 2, adapter=loaded)
+    assert resumed[2] == STEPS + 2
+
+
+def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods, clip_setup, trained, adapter_dir):
+    import comfy.model_management
+
+    nodes, host = mods
+    model, cond, _, latent = clip_setup
+    adapter = trained[0][0]
+    with torch.inference_mode():
+        name = nodes.TA_SaveAdapter().save(adapter, "ok")["result"][0]
+        four = {"samples": latent["samples"][:4]}
+        with pytest.raises(ValueError, match="frames is 8 in the adapter but 4 in the clip"):
+            nodes.TA_LoadAdapter().load(name, model, four)
+        wide = Adapter.create(1024, FRAMES, {}, seed=0)
+        wide.metadata["family"] = "SD15"
+        wide.save(str(adapter_dir / "wide.safetensors"))
+        with pytest.raises(ValueError, match="width is 1024 in the adapter but 768 in the model"):
+            nodes.TA_LoadAdapter().load("wide.safetensors", model, latent)
+        (adapter_dir / "broken.safetensors").write_bytes(b"not a safetensors file at all")
+        with pytest.raises(ValueError, match="not a readable adapter file"):
+            nodes.TA_LoadAdapter().load("broken.safetensors", model, latent)
+    with pytest.raises(ValueError, match="NaN/inf at step"):
+        train(mods, clip_setup, steps=6, learning_rate="1e30")
+    saved = [f for f in os.listdir(adapter_dir) if f.startswith("nan-")]
+    assert len(saved) == 1
+    good = Adapter.load(str(adapter_dir / saved[0]))
+    assert all(torch.isfinite(p).all() for p in good.module.parameters())
+
+    send = host.send_event
+
+    def interrupt_after_three(event, data):
+        if data["step"] == 3:
+            comfy.model_management.interrupt_current_processing(True)
+    host.send_event = interrupt_after_three
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(mods, clip_setup, steps=8)
+    finally:
+        host.send_event = send
+        comfy.model_management.interrupt_current_processing(False)
+    stopped = [f for f in os.listdir(adapter_dir) if f.startswith("interrupted-")]
+    assert len(stopped) == 1 and Adapter.load(str(adapter_dir / stopped[0])).metadata["loss_history"][-1]["step"] == 3
+    assert not [f for f in os.listdir(adapter_dir) if f.startswith(".partial")]
