@@ -1,9 +1,12 @@
 """The host's own front end, in headless Chromium: our extension registers and our nodes exist."""
+import json
 import os
 import shutil
 
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -34,3 +37,22 @@ def test_our_extension_registered_and_nodes_known(page, comfy_host):
     missing = set(comfy_host.plugin.NODE_CLASS_MAPPINGS) - registered
     assert not missing, f"front end lacks node types {missing}"
     assert not [e for e in page.errors if "TemporalAdapter" in e or "ComfyUI-TemporalAdapter" in e], page.errors
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflow_loads_without_missing_nodes(page, name):
+    """Each drag-and-drop workflow loads in the front end with every node type known and every node
+    built (a missing type would be a red placeholder node without widgets)."""
+    with open(os.path.join(REPO, "example_workflows", name)) as f:
+        workflow = json.load(f)
+    result = page.evaluate("""async (wf) => {
+        await window.app.loadGraphData(wf);
+        const known = window.LiteGraph.registered_node_types;
+        const nodes = window.app.graph._nodes;
+        return {count: nodes.length, missing: nodes.filter((n) => !known[n.type]).map((n) => n.type),
+                widgetless: nodes.filter((n) => n.type.startsWith("TA_") && !(n.widgets || []).length
+                                         && (n.widgets_values || []).length).map((n) => n.type)};
+    }""", workflow)
+    assert result["count"] == len(workflow["nodes"]), result
+    assert not result["missing"], f"{name}: unknown node types {result['missing']}"
+    assert not result["widgetless"], result
