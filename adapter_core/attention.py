@@ -22,6 +22,8 @@ class TemporalAttn1Filter:
     kernel, sigma_s, sigma_r, relative_sigma_r: as `temporal_bilateral`.
     skipped: set to True when a call had fewer than 3 frames (the filter needs 3; the caller
     reports it instead of failing).
+    skip: leading rows of each chunk left unfiltered (a sampler's extra keyframe rows, which are
+    not neighbours of the frames after them); 0 filters every row.
     """
 
     def __init__(self, blocks, kernel=5, sigma_s=1.0, sigma_r=1.0, relative_sigma_r=False):
@@ -29,6 +31,7 @@ class TemporalAttn1Filter:
         self.kernel, self.sigma_s, self.sigma_r, self.relative = kernel, sigma_s, sigma_r, relative_sigma_r
         self.calls = 0
         self.skipped = False
+        self.skip = 0
 
     def __call__(self, n, extra_options):
         block = extra_options.get("block")
@@ -36,9 +39,9 @@ class TemporalAttn1Filter:
             return n
         out = []
         for chunk in split_chunks(n, extra_options):
-            y, applied = temporal_bilateral(chunk, self.kernel, self.sigma_s, self.sigma_r, self.relative)
+            y, applied = temporal_bilateral(chunk[self.skip:], self.kernel, self.sigma_s, self.sigma_r, self.relative)
             self.skipped |= not applied
-            out.append(y)
+            out.append(torch.cat([chunk[:self.skip], y]) if self.skip else y)
         self.calls += 1
         return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -75,3 +78,104 @@ def parse_blocks(text, available):
     if not blocks:
         raise ValueError("blocks: empty; name at least one block, e.g. 'output 9, output 10'")
     return blocks
+
+
+def auto_blocks(available, preferred):
+    """The `preferred` blocks the model has; when it has none of them, its last len(preferred) output
+    blocks with attention (small test models). Returns a list of block ids."""
+    chosen = [b for b in preferred if b in available]
+    outputs = [b for b in available if b[0] == "output"] or list(available)
+    return chosen or outputs[-len(preferred):]
+
+
+def keyframe_indices(frames, count, stride=0):
+    """Frame indices of the shared keyframes: every `stride`-th frame from 0 (at most `count`), or with
+    stride 0 `count` frames spread evenly from the first to the last. Raises ValueError naming the
+    input when the stride does not fit the clip."""
+    if count < 1:
+        raise ValueError(f"keyframes: need at least 1 keyframe, got {count}")
+    if stride < 0 or stride >= frames > 1:
+        raise ValueError(f"keyframe_stride: {stride} does not fit a clip of {frames} frames; use a stride "
+                         f"from 1 to {frames - 1}, or 0 to spread the keyframes evenly")
+    if stride:
+        return list(range(0, frames, stride))[:count]
+    count = min(count, frames)
+    return sorted({round(i * (frames - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def _repeat_chunks(stored, chunks):
+    return stored.repeat(chunks, *([1] * (stored.ndim - 1))) if chunks > 1 else stored
+
+
+class KeyframeAttention:
+    """attn1 patch (extended attention, method.md §4): within each batch chunk (CFG half), every row's
+    self-attention also attends to the tokens of the keyframe rows: the keyframes' keys/values
+    [K·N, C] are appended to each row's own [N, C]. The query is unchanged, so the output keeps its shape.
+
+    blocks: block ids to extend (None: every attention block).
+    rows: keyframe rows within a chunk, set by the sampler per run; None picks them per call with
+    `keyframe_indices(chunk rows, count, stride)` (a SAMPLER that sees only the batch).
+    enabled: the sampler switches it off for its source passes.
+    """
+
+    def __init__(self, blocks=None, count=3, stride=0):
+        self.blocks = None if blocks is None else {tuple(b) for b in blocks}
+        self.count, self.stride = count, stride
+        self.rows = None
+        self.enabled = True
+
+    def __call__(self, n, context, value, extra_options):
+        block = tuple(extra_options.get("block") or ())
+        if not self.enabled or (self.blocks is not None and block not in self.blocks):
+            return n, context, value
+        return n, self._extend(context, extra_options), self._extend(value, extra_options)
+
+    def _extend(self, t, extra_options):
+        out = []
+        for chunk in split_chunks(t, extra_options):
+            rows = self.rows if self.rows is not None else keyframe_indices(chunk.shape[0], self.count, self.stride)
+            keys = chunk[rows].reshape(1, -1, chunk.shape[-1]).expand(chunk.shape[0], -1, -1)
+            out.append(torch.cat([chunk, keys], dim=1))
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+
+class SourceInjection:
+    """Plug-and-play source-feature injection (method.md §4), as an attn1 patch and an output-block
+    patch. The sampler runs a source pass (`mode` "record": the source latent of the same frames at
+    the same σ) and then the edit pass (`mode` "inject"), whose every batch chunk gets:
+    - attention blocks (`attention` on): the source's attn1 input as query and key, the edit's own
+      value (the edit keeps the source's self-attention map);
+    - feature blocks (`features` on): the source's hidden features entering the output block.
+    `mode` None passes everything through. `store` holds one step's source tensors.
+    """
+
+    def __init__(self, attention_blocks, feature_blocks):
+        self.attention_blocks = {tuple(b) for b in attention_blocks}
+        self.feature_blocks = {tuple(b) for b in feature_blocks}
+        self.mode = None
+        self.attention = self.features = False
+        self.store = {}
+
+    def _swap(self, key, x, chunks):
+        if self.mode == "record":
+            self.store[key] = x
+            return x
+        stored = self.store[key]
+        if stored.shape[0] * chunks != x.shape[0]:
+            raise RuntimeError(f"source injection: source batch {stored.shape[0]} x {chunks} chunks does not match "
+                               f"the edit batch {x.shape[0]}")
+        return _repeat_chunks(stored, chunks).to(x)
+
+    def attn1(self, n, context, value, extra_options):
+        block = tuple(extra_options.get("block") or ())
+        if self.mode is None or not self.attention or block not in self.attention_blocks:
+            return n, context, value
+        chunks = len(extra_options.get("cond_or_uncond", [0]))
+        source = self._swap(("attn1", *block, extra_options.get("block_index", 0)), n, chunks)
+        return source, source, n if value is None else value
+
+    def output_block(self, h, hsp, transformer_options):
+        block = tuple(transformer_options.get("block") or ())
+        if self.mode is None or not self.features or block not in self.feature_blocks:
+            return h, hsp
+        return self._swap(("features", *block), h, len(transformer_options.get("cond_or_uncond", [0]))), hsp

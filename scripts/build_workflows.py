@@ -47,6 +47,23 @@ WORKFLOWS = {
         (9, "VAEDecode", {}, {"samples": (8, 0), "vae": (1, 2)}),
         (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"}, {"images": (9, 0), "fps": (2, 1)}),
     ],
+    # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save
+    "edit_video.json": [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
+        video(2, cap=16, width=512),
+        text(3, SOURCE),
+        text(4, "a man talking on a phone in a car, oil painting in the style of van gogh"),
+        text(5, "blurry, low quality"),
+        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
+                                                                               "latent": (6, 0)}),
+        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
+        (9, "TA_ConsistencySampler", {"steps": 50, "cfg": 7.5}, {"model": (1, 0), "positive": (4, 0),
+                                                                  "negative": (5, 0), "inversion": (7, 1),
+                                                                  "adapter": (8, 0)}),
+        (10, "VAEDecode", {}, {"samples": (9, 0), "vae": (1, 2)}),
+        (11, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit"}, {"images": (10, 0), "fps": (2, 1)}),
+    ],
 }
 
 

@@ -2,7 +2,8 @@
 """Provision, test and run Temporal Adapter on a fresh machine. Needs only python3 (>= 3.10).
 
     python3 scripts/ta.py main     # set up, then edit a real sample clip with the example workflow
-    python3 scripts/ta.py test     # set up, then run the whole test suite (extra args go to pytest)
+    python3 scripts/ta.py test     # set up, then run the whole test suite (extra args go to pytest,
+                                   # e.g. tests/unit or -k name)
     python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet)
 
 Everything lands in a cache folder (`.cache/` in the repo, or $TA_CACHE): a venv with pinned torch
@@ -223,7 +224,8 @@ def main():
         env = dict(os.environ, TA_MANIFEST=MANIFEST)
         if reason:
             env["TA_BROWSER_UNAVAILABLE"] = reason
-        code = subprocess.run([PY, "-m", "pytest", "-ra", "tests"] + args[1:],
+        paths = [a for a in args[1:] if os.path.exists(os.path.join(REPO, a.split("::")[0]))]
+        code = subprocess.run([PY, "-m", "pytest", "-ra"] + ([] if paths else ["tests"]) + args[1:],
                               cwd=REPO, env=env).returncode
         sys.exit(code)
     elif cmd == "main":

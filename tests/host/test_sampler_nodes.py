@@ -1,0 +1,212 @@
+"""Temporal-consistency sampler in the real host: equivalence with KSampler, round trip, each mechanism,
+chunk seams, composition with upstream patches, SAMPLER for SamplerCustom, bad input.
+
+Scale: the tiny SD1.5 (attention blocks input 1, output 0, output 1), 6 frames of 64x64 px (8x8 latents),
+5 DDIM steps (5 divides 1000, so our schedule is ComfyUI's ddim_uniform). One UNet call on 12 latents
+takes ~0.5-1 s on this shared 2-core machine, so runs are cached within the module.
+"""
+import pytest
+import torch
+
+from temporal_adapter.adapter_core.adapter import Adapter
+from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
+from test_inversion_nodes import encode, frames_of, invert, rel_error
+
+CKPT = "ta_tiny_sd15.safetensors"
+STEPS = 5
+FRAMES = 6
+ALL_OFF = dict(use_adapter=False, temporal_filter=False, keyframe_attention=False, inject_source=False)
+ALL_ON = dict(use_adapter=True, temporal_filter=True, keyframe_attention=True, inject_source=True)
+
+
+@pytest.fixture(scope="module")
+def mods(comfy_host):
+    from temporal_adapter.nodes import inversion_nodes, sampler_nodes
+    return inversion_nodes, sampler_nodes
+
+
+@pytest.fixture(scope="module")
+def setup(comfy_host, tiny_model, clips, mods):
+    """Model, source prompt, edit prompt, negative, VAE, 8 frames of bikes.mp4 and their inversion."""
+    model, clip, vae = tiny_model
+    with torch.inference_mode():
+        source, edit, negative = (comfy_host.nodes.CLIPTextEncode().encode(clip, text)[0] for text in
+                                  ("people riding bikes", "people riding horses, oil painting", ""))
+    latent = encode(comfy_host, vae, frames_of(clips["bikes.mp4"], FRAMES, 64))
+    noise, inv, _ = invert(mods[0], model, source, latent, STEPS)
+    return model, source, edit, negative, vae, latent, noise, inv
+
+
+_runs = {}
+
+
+def edit_run(mods, setup, **switches):
+    """The edit (cfg 4, edit prompt, from the inversion) with these switches, computed once per module."""
+    key = tuple(sorted(switches.items()))
+    if key not in _runs:
+        model, _, prompt, negative, _, _, _, inv = setup
+        _runs[key] = sample(mods, model, prompt, negative, inv, cfg=4.0, **switches)
+    return _runs[key]
+
+
+def sample(mods, model, positive, negative, inv=None, latent=None, cfg=1.0, adapter=None, steps=STEPS, **switches):
+    args = dict(ALL_OFF, keyframes=3, keyframe_stride=0, attention_fraction=0.5, feature_fraction=0.8,
+                frames_per_chunk=16, chunk_overlap=4)
+    args.update(switches)
+    with torch.inference_mode():
+        out, report = mods[1].ConsistencySampler().sample(model, positive, negative, steps, cfg, 0, inversion=inv,
+                                                          latent=latent, adapter=adapter, **args)
+    return out["samples"], report
+
+
+def test_all_off_reproduces_the_source_and_matches_ksampler(comfy_host, mods, setup):
+    """cfg 1: the round trip equals the inverter's own reconstruction readout (same path) and is within
+    its error of the source; cfg 1 and 4: equal to ComfyUI's KSamplerAdvanced (ddim, ddim_uniform, no
+    added noise) started from the inversion's noise, to 1e-4."""
+    model, source, edit, negative, _, latent, noise, inv = setup
+    out, report = sample(mods, model, source, negative, inv)
+    with torch.inference_mode():
+        recon = mods[0].InversionReconstruct().reconstruct(model, source, inv, "test/recon")["result"][0]["samples"]
+    torch.testing.assert_close(out, recon, rtol=1e-5, atol=1e-5)
+    # Same path as the readout, so the same error (random weights: plain DDIM inversion is far from exact).
+    assert abs(rel_error(out, latent["samples"]) - rel_error(recon, latent["samples"])) < 1e-4
+    assert "x0 adjacent-frame cosine per step" in report
+    for cfg, positive, ours in ((1.0, source, out), (4.0, edit, edit_run(mods, setup)[0])):
+        with torch.inference_mode():
+            theirs = comfy_host.nodes.KSamplerAdvanced().sample(
+                model, "disable", 0, STEPS, cfg, "ddim", "ddim_uniform", positive, negative, noise, 0, 10000,
+                "disable")[0]["samples"]
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("switch", ["temporal_filter", "keyframe_attention"])
+def test_smoothing_mechanisms_raise_adjacent_cosine(mods, setup, switch):
+    """The edit (cfg 4, another prompt) of 6 frames. Asserted for the two mechanisms that make frames
+    alike by construction, whatever the weights: the filter averages attn1 outputs along frames, and
+    keyframe attention gives every frame the same extra keys/values. (Source injection and the adapter
+    are measured, not asserted, in benchmarks/sampler.py: injection copies the SOURCE clip's structure,
+    so it raises consistency only where the source is more consistent than the free edit; the adapter's
+    effect depends on its training.)"""
+    off, _ = edit_run(mods, setup)
+    on, report = edit_run(mods, setup, **{switch: True})
+    c_off, c_on = (float(cosine_similarity_adjacent(x).mean()) for x in (off, on))
+    print(f"\n{switch}: adjacent cosine off {c_off:.5f} on {c_on:.5f}")
+    assert c_on > c_off
+
+
+def test_source_injection_keeps_the_source_structure(mods, setup):
+    """What injection must do: the edit stays closer to the source latents than without it."""
+    latent = setup[5]["samples"]
+    off, _ = edit_run(mods, setup)
+    on, report = edit_run(mods, setup, inject_source=True)
+    assert "source injection: on (attention 0.5 on output 0, output 1; features 0.8 on output 1)" in report
+    print(f"\ndistance to source: off {rel_error(off, latent):.4f} on {rel_error(on, latent):.4f}")
+    assert rel_error(on, latent) < rel_error(off, latent)
+
+
+def test_adapter_tokens_and_lora_reach_the_unet(mods, setup):
+    """Mechanism 1 through the host's adapter helpers: a fresh adapter (random tokens, LoRA up = 0) with
+    its window over every step changes the edit only through its tokens; switched off, it is ignored."""
+    from temporal_adapter.nodes import host
+    model, _, prompt, negative, _, _, _, inv = setup
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    on, report = sample(mods, model, prompt, negative, inv, cfg=4.0, adapter=adapter, use_adapter=True)
+    off, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, adapter=adapter, use_adapter=False)
+    assert "adapter: on" in report
+    assert torch.equal(off, edit_run(mods, setup)[0]) and not torch.allclose(on, off)
+
+
+def test_incoming_model_untouched_and_upstream_patches_kept(comfy_host, mods, setup):
+    model, source, edit, negative, _, latent, _, inv = setup
+    nodes = comfy_host.nodes
+
+    def ksample(m):
+        with torch.inference_mode():
+            return nodes.KSampler().sample(m, 7, 3, 4.0, "euler", "normal", edit, negative, latent,
+                                           denoise=0.6)[0]["samples"]
+    before = ksample(model)
+    options = repr(model.model_options)
+    sample(mods, model, edit, negative, inv, cfg=4.0, **ALL_ON)
+    assert repr(model.model_options) == options
+    assert torch.equal(ksample(model), before)
+    # An upstream attn1 output patch (scales attention output) keeps acting under ours.
+    calls = []
+
+    def upstream(n, extra_options):
+        calls.append(extra_options["block"])
+        return n * 0.5
+    patched = model.clone()
+    patched.set_model_attn1_output_patch(upstream)
+    out, _ = sample(mods, patched, edit, negative, inv, cfg=4.0, **ALL_ON)
+    plain, _ = edit_run(mods, setup, **ALL_ON)
+    assert calls and not torch.allclose(out, plain)
+
+
+def test_chunks_share_keyframes_and_leave_no_seam(comfy_host, mods, clips, setup):
+    """48 frames in chunks of 16 with overlap 4 (4 chunks): the adjacent cosine across each chunk border
+    is within 10% of the mean inside chunks. 32x32 px frames (4x4 latents) keep 48 frames affordable."""
+    model, source, edit, negative, vae, _, _, _ = setup
+    latent = encode(comfy_host, vae, frames_of(clips["bikes.mp4"], 48, 32))
+    _, inv, _ = invert(mods[0], model, source, latent, 4, chunk=16)
+    out, report = sample(mods, model, edit, negative, inv, cfg=1.0, steps=4, temporal_filter=True,
+                         keyframe_attention=True, inject_source=True)  # cfg 1: no negative branch, half the cost
+    assert "4 chunk(s) (0-15, 11-26, 21-36, 32-47)" in report
+    cos = cosine_similarity_adjacent(out)
+    borders = [10, 15, 20, 26, 31, 36]  # pairs (t, t+1) where a chunk starts or ends
+    inside = torch.ones_like(cos, dtype=torch.bool)
+    inside[borders] = False
+    mean_inside = float(cos[inside].mean())
+    print(f"\ninside mean {mean_inside:.4f}; borders {[round(float(cos[b]), 4) for b in borders]}")
+    for b in borders:
+        assert abs(float(cos[b]) - mean_inside) <= 0.1 * abs(mean_inside)
+
+
+def test_sampler_for_sampler_custom(comfy_host, mods, setup):
+    """All off it is the host's own ddim; the filter and keyframes act through SamplerCustom's model options
+    exactly as in the node (here started from the noise LATENT instead of the INVERSION: same start)."""
+    from comfy_extras import nodes_custom_sampler as ncs
+    model, _, edit, negative, _, _, noise, inv = setup
+    with torch.inference_mode():
+        sigmas = ncs.BasicScheduler().get_sigmas(model, "ddim_uniform", STEPS, 1.0)[0]
+
+        def run(**switches):
+            sampler = mods[1].ConsistencySamplerCustom().get_sampler(model, keyframes=3, keyframe_stride=0,
+                                                                     **switches)[0]
+            out = ncs.SamplerCustom().sample(model, False, 0, 4.0, edit, negative, sampler, sigmas, noise)[0]
+            return out["samples"]
+        off = run(temporal_filter=False, keyframe_attention=False)
+        on = run(temporal_filter=True, keyframe_attention=True)
+    ours, report = sample(mods, model, edit, negative, latent=noise, cfg=4.0, temporal_filter=True,
+                          keyframe_attention=True, inject_source=True)
+    assert "source injection skipped: it needs an INVERSION" in report
+    torch.testing.assert_close(off, edit_run(mods, setup)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(on, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_gives_clear_errors(comfy_host, mods, setup):
+    model, source, edit, negative, vae, latent, noise, inv = setup
+    with pytest.raises(ValueError, match="cfg: must be > 0"):
+        sample(mods, model, edit, negative, inv, cfg=0.0)
+    with pytest.raises(ValueError, match="keyframe_stride: 9 does not fit a clip of 6 frames"):
+        sample(mods, model, edit, negative, inv, keyframe_attention=True, keyframe_stride=9)
+    with pytest.raises(ValueError, match="inversion: frames/latent size"):
+        sample(mods, model, edit, negative, inv, latent={"samples": noise["samples"][:5]})
+    other = model.clone()
+    other.add_patches({k: (torch.zeros_like(v),) for k, v in list(model.model_state_dict().items())[:1]}, 0.5)
+    with pytest.raises(ValueError, match="inversion: it was computed with a different model"):
+        sample(mods, other, edit, negative, inv)
+    with pytest.raises(ValueError, match="inversion: connect an INVERSION"):
+        sample(mods, model, edit, negative)
+    with pytest.raises(ValueError, match="steps: the inversion was made with 5 steps"):
+        with torch.inference_mode():
+            mods[1].ConsistencySampler().sample(model, edit, negative, 12, 1.0, 0, inversion=inv, **ALL_OFF,
+                                                keyframes=3, keyframe_stride=0, attention_fraction=0.5,
+                                                feature_fraction=0.8, frames_per_chunk=0, chunk_overlap=0)
+    with pytest.raises(ValueError, match="chunk_overlap: 4 must be from 0"):
+        sample(mods, model, edit, negative, inv, frames_per_chunk=4)
+    three_frames = Adapter.create(768, 3, {})
+    with pytest.raises(ValueError, match="adapter does not fit: frames is 3 in the adapter but 6 in the clip"):
+        sample(mods, model, edit, negative, inv, adapter=three_frames, use_adapter=True)
+    two_prompts = [[torch.cat([edit[0][0]] * 2), dict(edit[0][1])]]
+    with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the 6 frames"):
+        sample(mods, model, two_prompts, negative, inv)
