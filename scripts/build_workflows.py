@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = "v1-5-pruned-emaonly.safetensors"  # what users have; tests substitute generated weights
 
 SOURCE = "a man talking on a phone in a car"
+EDIT = "a man talking on a phone in a car, oil painting in the style of van gogh"
 
 
 def video(node_id, cap=8, width=256):
@@ -47,12 +48,12 @@ WORKFLOWS = {
         (9, "VAEDecode", {}, {"samples": (8, 0), "vae": (1, 2)}),
         (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"}, {"images": (9, 0), "fps": (2, 1)}),
     ],
-    # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save
+    # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save -> measure
     "edit_video.json": [
         (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
         video(2, cap=16, width=512),
         text(3, SOURCE),
-        text(4, "a man talking on a phone in a car, oil painting in the style of van gogh"),
+        text(4, EDIT),
         text(5, "blurry, low quality"),
         (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
         (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
@@ -63,6 +64,19 @@ WORKFLOWS = {
                                                                   "adapter": (8, 0)}),
         (10, "VAEDecode", {}, {"samples": (9, 0), "vae": (1, 2)}),
         (11, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit"}, {"images": (10, 0), "fps": (2, 1)}),
+        # what the edit is measured with: inversion round trip, consistency metrics, attention heatmaps
+        (12, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
+         {"model": (1, 0), "conditioning": (3, 0), "inversion": (7, 1), "vae": (1, 2)}),
+        (13, "VAEDecode", {}, {"samples": (12, 0), "vae": (1, 2)}),
+        (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
+         {"images": (13, 0), "fps": (2, 1)}),
+        (15, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/edit_metrics"},
+         {"source": (2, 0), "edited": (10, 0), "latents": (9, 0)}),
+        (16, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_metrics_plot"}, {"images": (15, 1)}),
+        (17, "TA_AttentionHeatmaps", {"text": EDIT, "words": "man, phone, car", "mode": "probe"},
+         {"model": (1, 0), "clip": (1, 1), "conditioning": (4, 0), "latent": (6, 0), "images": (2, 0),
+          "inversion": (7, 1)}),
+        (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)}),
     ],
 }
 
