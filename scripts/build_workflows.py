@@ -68,7 +68,7 @@ WORKFLOWS = {
         (12, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
          {"model": (1, 0), "conditioning": (3, 0), "inversion": (7, 1), "vae": (1, 2)}),
         (13, "VAEDecode", {}, {"samples": (12, 0), "vae": (1, 2)}),
-        (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
+        (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit_reconstruction_video"},
          {"images": (13, 0), "fps": (2, 1)}),
         (15, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/edit_metrics"},
          {"source": (2, 0), "edited": (10, 0), "latents": (9, 0)}),
