@@ -13,13 +13,13 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
-import types
 
 import cv2
 import numpy as np
 import torch
+
+from common import import_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMESTEPS = (999, 975, 950, 925, 900)
@@ -27,19 +27,10 @@ TIMESTEPS = (999, 975, 950, 925, 900)
 
 def host_and_nodes(comfy_dir, checkpoints):
     """The 2024 host imported in-process (--cpu) and our package, without running its __init__."""
-    sys.path.insert(0, comfy_dir)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import folder_paths
-        import nodes
-    finally:
-        sys.argv = argv
+    import_host(comfy_dir)
+    import folder_paths
+    import nodes
     folder_paths.add_model_folder_path("checkpoints", checkpoints)
-    package = types.ModuleType("temporal_adapter")
-    package.__path__ = [REPO]
-    sys.modules.setdefault("temporal_adapter", package)
     from temporal_adapter.nodes import adapter_nodes, host
     return nodes, host, adapter_nodes
 
