@@ -75,7 +75,8 @@ def test_a_word_not_in_the_prompt_fails_clearly_and_the_server_survives(live_ser
         live_server.run(bad)
     good = json.loads(json.dumps(graph))
     good["5"]["inputs"].update(words="bike", mode="probe", seed=1)
-    for node, prefix in (("6", "e2e/after_error"), ("7", "e2e/after_error_grid"), ("8", "e2e/after_error_overlay")):
+    for node, prefix in (("6", "e2e/heatmaps_after_error"), ("7", "e2e/heatmaps_after_error_grid"),
+                         ("8", "e2e/heatmaps_after_error_overlay")):
         good[node]["inputs"]["filename_prefix"] = prefix
     outputs = live_server.run(good)["outputs"]
     assert len(outputs["8"]["images"]) == 8
