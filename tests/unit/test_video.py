@@ -382,8 +382,8 @@ def test_a_damaged_image_in_a_folder_is_named(tmp_path):
         video.load(str(tmp_path))
 
 
-def test_invalid_options_are_refused():
+def test_invalid_options_are_refused(tmp_path):
     with pytest.raises(video.VideoError, match="select_every_nth"):
         video.LoadOptions(select_every_nth=0)
     with pytest.raises(video.VideoError, match="unknown format"):
-        video.save(torch.zeros(1, 8, 8, 3), "/tmp/x.avi", "avi", 10)
+        video.save(torch.zeros(1, 8, 8, 3), str(tmp_path / "x.avi"), "avi", 10)
