@@ -78,6 +78,42 @@ WORKFLOWS = {
           "inversion": (7, 1)}),
         (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)}),
     ],
+    # train an adapter on the clip and save it (models/temporal_adapters) with its loss curve
+    "train_adapter.json": [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
+        video(2, cap=16, width=512),
+        text(3, SOURCE),
+        (4, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        (5, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (4, 0)}),
+        (6, "TA_SaveAdapter", {"filename_prefix": "carphone_adapter"}, {"adapter": (5, 0)}),
+        (7, "SaveImage", {"filename_prefix": "TemporalAdapter/loss_curve"}, {"images": (5, 1)}),
+    ],
+    # the same edit with and without the trained adapter, each saved and measured
+    "compare_adapter.json": [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
+        video(2, cap=16, width=512),
+        text(3, SOURCE),
+        text(4, EDIT),
+        text(5, "blurry, low quality"),
+        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
+                                                                               "latent": (6, 0)}),
+        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
+        (9, "TA_ConsistencySampler", {"steps": 50, "use_adapter": True}, {
+            "model": (1, 0), "positive": (4, 0), "negative": (5, 0), "inversion": (7, 1), "adapter": (8, 0)}),
+        (10, "TA_ConsistencySampler", {"steps": 50, "use_adapter": False}, {
+            "model": (1, 0), "positive": (4, 0), "negative": (5, 0), "inversion": (7, 1), "adapter": (8, 0)}),
+        (11, "VAEDecode", {}, {"samples": (9, 0), "vae": (1, 2)}),
+        (12, "VAEDecode", {}, {"samples": (10, 0), "vae": (1, 2)}),
+        (13, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/compare_with_adapter"},
+         {"images": (11, 0), "fps": (2, 1)}),
+        (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/compare_without_adapter"},
+         {"images": (12, 0), "fps": (2, 1)}),
+        (15, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/compare_with_adapter_metrics"},
+         {"source": (2, 0), "edited": (11, 0), "latents": (9, 0)}),
+        (16, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/compare_without_adapter_metrics"},
+         {"source": (2, 0), "edited": (12, 0), "latents": (10, 0)}),
+    ],
 }
 
 
