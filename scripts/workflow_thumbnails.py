@@ -1,0 +1,54 @@
+"""Write a same-name .jpg thumbnail for every example workflow (newer ComfyUI shows them in its
+template browser): each workflow is loaded in the host's own front end in headless Chromium and the
+canvas is captured.
+
+    .cache/venv/bin/python scripts/workflow_thumbnails.py      (needs a provisioned cache and chromium)
+"""
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from comfy_client import ComfyServer  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main():
+    from playwright.sync_api import sync_playwright
+    with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
+        manifest = json.load(f)
+    folder = os.path.join(REPO, "example_workflows")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+    with tempfile.TemporaryDirectory() as work:
+        server = ComfyServer(manifest["python"], manifest["comfyui"], work,
+                             extra_model_paths=manifest["extra_model_paths"]).start()
+        chromium = shutil.which("chromium")
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(server.url)
+                page.wait_for_function("() => window.app && window.app.graph", timeout=60000)
+                for name in names:
+                    with open(os.path.join(folder, name)) as f:
+                        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.load(f))
+                    page.wait_for_timeout(500)
+                    shot = Image.open(io.BytesIO(page.locator("canvas#graph-canvas").screenshot()))
+                    shot.convert("RGB").resize((800, 500), Image.LANCZOS).save(
+                        os.path.join(folder, name[:-5] + ".jpg"), quality=85)
+                    print("wrote", os.path.join("example_workflows", name[:-5] + ".jpg"))
+                browser.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
