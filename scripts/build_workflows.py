@@ -77,6 +77,7 @@ WORKFLOWS = {
          {"model": (1, 0), "clip": (1, 1), "conditioning": (4, 0), "latent": (6, 0), "images": (2, 0),
           "inversion": (7, 1)}),
         (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)}),
+        (19, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_loss_curve"}, {"images": (8, 1)}),
     ],
     # train an adapter on the clip and save it (models/temporal_adapters) with its loss curve
     "train_adapter.json": [

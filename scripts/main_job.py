@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--clip", default="carphone_pristine.mp4", help="sample clip name (see the manifest)")
     ap.add_argument("--frames", type=int, default=8, help="frames to load from the clip")
     ap.add_argument("--out", default=os.path.join(REPO, ".cache", "main_job"), help="work folder")
+    ap.add_argument("--pictures", help="also write the README pictures (frame strip, loss curve, heatmap "
+                    "grid, metrics plot) into this folder")
     args = ap.parse_args()
     with open(os.environ["TA_MANIFEST"]) as f:
         manifest = json.load(f)
@@ -58,6 +60,46 @@ def main():
         for name in sorted(files):
             print("  " + os.path.relpath(os.path.join(folder, name), server.output_dir))
     print(f"  server log: {server.log_path}")
+    if args.pictures:
+        readme_pictures(server.output_dir, manifest["clips"][args.clip], args.frames, args.pictures)
+
+
+def readme_pictures(output_dir, clip, frames, folder):
+    """Frame strip (source row over edit row) and copies of the run's loss curve, heatmap grid and
+    metrics plot, as PNGs in `folder`."""
+    import av
+    from PIL import Image
+
+    def newest(prefix):
+        base, name = os.path.split(os.path.join(output_dir, prefix))
+        return os.path.join(base, sorted(f for f in os.listdir(base) if f.startswith(name))[-1])
+
+    def first_frames(path, count, size=None):
+        with av.open(path) as container:
+            out = []
+            for frame in container.decode(video=0):
+                image = frame.to_image()
+                out.append(image.resize(size) if size else image)
+                if len(out) == count:
+                    return out
+        return out
+
+    os.makedirs(folder, exist_ok=True)
+    edit = first_frames(newest("TemporalAdapter/edit_0"), 4)
+    source = first_frames(clip, 4, edit[0].size)
+    w, h = edit[0].size
+    strip = Image.new("RGB", (4 * w, 2 * h))
+    for i, (a, b) in enumerate(zip(source, edit)):
+        strip.paste(a, (i * w, 0))
+        strip.paste(b, (i * w, h))
+    strip.save(os.path.join(folder, "frames_source_vs_edit.png"))
+    for prefix, name in (("TemporalAdapter/edit_loss_curve", "loss_curve.png"),
+                         ("TemporalAdapter/edit_heatmap_grid", "heatmap_grid.png"),
+                         ("TemporalAdapter/edit_metrics_plot", "metrics_plot.png")):
+        image = Image.open(newest(prefix)).convert("RGB")
+        image.thumbnail((1600, 1600))  # keep the committed pictures small
+        image.save(os.path.join(folder, name))
+    print(f"README pictures written to {folder}")
 
 
 if __name__ == "__main__":
