@@ -31,6 +31,19 @@ def text(node_id, prompt, clip=1):
     return (node_id, "CLIPTextEncode", {"text": prompt}, {"clip": (clip, 1)})
 
 
+# load, encode, prompts (source, edit, negative), invert, train: the start of every edit workflow
+EDIT_FRONT = [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
+        video(2, cap=16, width=512),
+        text(3, SOURCE),
+        text(4, EDIT),
+        text(5, "blurry, low quality"),
+        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
+                                                                               "latent": (6, 0)}),
+        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
+]
+
 WORKFLOWS = {
     "invert_reconstruct.json": [
         (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
@@ -49,16 +62,7 @@ WORKFLOWS = {
         (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"}, {"images": (9, 0), "fps": (2, 1)}),
     ],
     # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save -> measure
-    "edit_video.json": [
-        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
-        video(2, cap=16, width=512),
-        text(3, SOURCE),
-        text(4, EDIT),
-        text(5, "blurry, low quality"),
-        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
-        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
-                                                                               "latent": (6, 0)}),
-        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
+    "edit_video.json": EDIT_FRONT + [
         (9, "TA_ConsistencySampler", {"steps": 50, "cfg": 7.5}, {"model": (1, 0), "positive": (4, 0),
                                                                   "negative": (5, 0), "inversion": (7, 1),
                                                                   "adapter": (8, 0)}),
@@ -90,16 +94,7 @@ WORKFLOWS = {
         (7, "SaveImage", {"filename_prefix": "TemporalAdapter/loss_curve"}, {"images": (5, 1)}),
     ],
     # the same edit with and without the trained adapter, each saved and measured
-    "compare_adapter.json": [
-        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
-        video(2, cap=16, width=512),
-        text(3, SOURCE),
-        text(4, EDIT),
-        text(5, "blurry, low quality"),
-        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
-        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
-                                                                               "latent": (6, 0)}),
-        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
+    "compare_adapter.json": EDIT_FRONT + [
         (9, "TA_ConsistencySampler", {"steps": 50, "use_adapter": True}, {
             "model": (1, 0), "positive": (4, 0), "negative": (5, 0), "inversion": (7, 1), "adapter": (8, 0)}),
         (10, "TA_ConsistencySampler", {"steps": 50, "use_adapter": False}, {
