@@ -6,26 +6,17 @@ forward pass of the two-level UNet over 8 frames took 72 s on this 2-core machin
 """
 import os
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from temporal_adapter.adapter_core import training
 from temporal_adapter.adapter_core.adapter import Adapter
+from test_inversion_nodes import frames_of
 
 CKPT = "ta_twolevel_sd15.safetensors"
 FRAMES, SIZE, STEPS = 8, 64, 12
 TIMESTEPS = (999, 975, 950, 925, 900)
-
-
-def frames_of(path, count, size):
-    cap, out = cv2.VideoCapture(path), []
-    while len(out) < count:
-        ok, frame = cap.read()
-        assert ok
-        out.append(cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_AREA))
-    return torch.from_numpy(np.stack(out)).float() / 255.0
 
 
 @pytest.fixture(scope="module")
