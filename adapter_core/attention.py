@@ -46,6 +46,18 @@ class TemporalAttn1Filter:
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
+def sdpa_attention(q, k, v, extra_options):
+    """Plain multi-head attention with torch's scaled_dot_product_attention, as an attn1/attn2
+    replace: projected q [B, N, H·d], k and v [B, M, H·d] -> [B, N, H·d], H = extra_options["n_heads"].
+    The same maths as the host's own attention functions; on CPU its fused kernel (forward and
+    backward) is several times faster than the host's default sub-quadratic attention there."""
+    heads = extra_options["n_heads"]
+    b, _, inner = q.shape
+    q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(b, -1, inner)
+
+
 def latent_bilateral(diameter=5, sigma_color=0.5, sigma_space=1.5):
     """A `latent_filter` for DDIM inversion: 2-D bilateral per channel on [B, C, H, W] latents.
 
@@ -108,27 +120,28 @@ def _repeat_chunks(stored, chunks):
 
 
 class KeyframeAttention:
-    """attn1 patch (extended attention, method.md §4): within each batch chunk (CFG half), every row's
-    self-attention also attends to the tokens of the keyframe rows: the keyframes' keys/values
-    [K·N, C] are appended to each row's own [N, C]. The query is unchanged, so the output keeps its shape.
+    """Extended self-attention (method.md §4), applied after the attn1 projections: within each batch
+    chunk (CFG half), every row's keys/values [N, C] get the keyframe rows' projected keys/values
+    [K·N, C] appended, so each frame also attends to the keyframes. Appending after the projections
+    gives the same attention as appending the keyframes' inputs before them (the projections act per
+    token) without projecting the keyframes again for every row. The query is unchanged.
 
     blocks: block ids to extend (None: every attention block).
     rows: keyframe rows within a chunk, set by the sampler per run; None picks them per call with
     `keyframe_indices(chunk rows, count, stride)` (a SAMPLER that sees only the batch).
-    enabled: the sampler switches it off for its source passes.
     """
 
     def __init__(self, blocks=None, count=3, stride=0):
         self.blocks = None if blocks is None else {tuple(b) for b in blocks}
         self.count, self.stride = count, stride
         self.rows = None
-        self.enabled = True
 
-    def __call__(self, n, context, value, extra_options):
+    def extend(self, k, v, extra_options):
+        """Projected keys and values [B, N, C] -> [B, (1 + K)·N, C] each (unchanged outside `blocks`)."""
         block = tuple(extra_options.get("block") or ())
-        if not self.enabled or (self.blocks is not None and block not in self.blocks):
-            return n, context, value
-        return n, self._extend(context, extra_options), self._extend(value, extra_options)
+        if self.blocks is not None and block not in self.blocks:
+            return k, v
+        return self._extend(k, extra_options), self._extend(v, extra_options)
 
     def _extend(self, t, extra_options):
         out = []
@@ -147,6 +160,9 @@ class SourceInjection:
       value (the edit keeps the source's self-attention map);
     - feature blocks (`features` on): the source's hidden features entering the output block.
     `mode` None passes everything through. `store` holds one step's source tensors.
+    A source pass ends early: once every tensor the step injects is recorded, the output-block patch
+    raises `SourceRecorded` (the caller catches it), so the decoder blocks after the last injected
+    one, which the edit never reads from the source, are not run.
     """
 
     def __init__(self, attention_blocks, feature_blocks):
@@ -174,8 +190,22 @@ class SourceInjection:
         source = self._swap(("attn1", *block, extra_options.get("block_index", 0)), n, chunks)
         return source, source, n if value is None else value
 
+    def stop_block(self):
+        """The first output block the source pass need not enter for this step's switches: after the last
+        feature block (recorded on entry) and after the last output block with injected attention."""
+        ends = [number for kind, number in self.feature_blocks if kind == "output"] if self.features else []
+        if self.attention:
+            ends += [number + 1 if kind == "output" else 0 for kind, number in self.attention_blocks]
+        return max(ends, default=0)
+
     def output_block(self, h, hsp, transformer_options):
         block = tuple(transformer_options.get("block") or ())
-        if self.mode is None or not self.features or block not in self.feature_blocks:
-            return h, hsp
-        return self._swap(("features", *block), h, len(transformer_options.get("cond_or_uncond", [0]))), hsp
+        if self.mode is not None and self.features and block in self.feature_blocks:
+            h = self._swap(("features", *block), h, len(transformer_options.get("cond_or_uncond", [0])))
+        if self.mode == "record" and block[:1] == ("output",) and block[1] >= self.stop_block():
+            raise SourceRecorded
+        return h, hsp
+
+
+class SourceRecorded(Exception):
+    """Raised by `SourceInjection` to end a source pass once it has recorded what the edit needs."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ddim
+from .attention import SourceRecorded
 from .chunking import overlap_plan
 from .temporal_loss import cosine_similarity_adjacent
 
@@ -30,7 +31,7 @@ def injected_steps(steps, fraction):
 
 @torch.no_grad()
 def sample_consistent(model, x, sigmas, extra_args=None, callback=None, disable=None, injection=None,
-                      source=None, source_denoise=None, fractions=PNP_FRACTIONS, keyframes=None):
+                      source=None, source_denoise=None, fractions=PNP_FRACTIONS):
     """DDIM (η = 0) from sigmas[0] to sigmas[-1], with source-feature injection.
 
     model, x, sigmas, extra_args, callback, disable: as `ddim.sample_ddim`.
@@ -40,7 +41,6 @@ def sample_consistent(model, x, sigmas, extra_args=None, callback=None, disable=
         installed patches (the source pass).
     fractions: (attention, features): injection acts for the first round(fraction · steps) steps
         of the source's schedule.
-    keyframes: the installed `KeyframeAttention`, switched off during source passes.
     """
     if injection is None:
         return ddim.sample_ddim(model, x, sigmas, extra_args, callback, disable)
@@ -53,18 +53,15 @@ def sample_consistent(model, x, sigmas, extra_args=None, callback=None, disable=
         try:
             if injection.attention or injection.features:
                 injection.mode = "record"
-                if keyframes is not None:
-                    keyframes.enabled = False
-                source_denoise(source.latent_at(sigma[0]).to(x), sigma)
-                if keyframes is not None:
-                    keyframes.enabled = True
+                try:
+                    source_denoise(source.latent_at(sigma[0]).to(x), sigma)
+                except SourceRecorded:
+                    pass  # the pass stopped once it had recorded what this step injects
                 injection.mode = "inject"
             return model(x, sigma, **kwargs)
         finally:
             injection.mode = None
             injection.store.clear()
-            if keyframes is not None:
-                keyframes.enabled = True
 
     return ddim.sample_ddim(denoise, x, sigmas, extra_args, callback, disable)
 

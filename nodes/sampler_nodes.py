@@ -136,8 +136,10 @@ class ConsistencySampler:
         patches = self._patches(model, inversion, temporal_filter, keyframe_attention, inject_source)
         edit_model = host.with_patches(edit_model, attn1=patches["attn1"], attn1_output=patches["attn1_output"],
                                        output_block=patches["output_block"])
-        source_model = host.with_patches(model, attn1=patches["attn1"][:1], attn1_output=patches["attn1_output"],
+        source_model = host.with_patches(model, attn1=patches["attn1"], attn1_output=patches["attn1_output"],
                                          output_block=patches["output_block"]) if inject_source else None
+        if patches["keyframes"] is not None:
+            edit_model = host.with_attn1_extension(edit_model, patches["keyframes"].extend)
         total = len(runs) * (len(sigmas) - 1)
         preview, cosine, done = host.preview_callback(edit_model, total), StepCosine(len(sigmas) - 1), [0]
         by_chunk = {run.chunk: run for run in runs}
@@ -150,7 +152,7 @@ class ConsistencySampler:
             if patches["keyframes"] is not None:
                 patches["keyframes"].rows = list(run.key_rows)
             if inject_source:
-                options = {"injection": patches["injection"], "keyframes": patches["keyframes"],
+                options = {"injection": patches["injection"],
                            "source": dataclasses.replace(inversion, trajectory=inversion.trajectory[:, list(run.rows)]),
                            "source_denoise": host.source_denoiser(source_model, negative, run.rows, frames),
                            "fractions": (attention_fraction, feature_fraction)}
@@ -181,7 +183,7 @@ class ConsistencySampler:
         keyframes = KeyframeAttention() if keyframe_attention else None
         filt = _filter(model, inversion.settings if inversion is not None else {}) if temporal_filter else None
         return {"injection": injection, "keyframes": keyframes, "filter": filt,
-                "attn1": [p for p in (injection and injection.attn1, keyframes) if p],
+                "attn1": [injection.attn1] if injection else [],
                 "attn1_output": [filt] if filt else [], "output_block": [injection.output_block] if injection else []}
 
     @staticmethod
@@ -221,9 +223,10 @@ class ConsistencySamplerCustom:
 
     def get_sampler(self, model, temporal_filter, keyframe_attention, keyframes, keyframe_stride):
         host.check_supported(model)
-        patches = {"attn1_patch": [KeyframeAttention(None, keyframes, keyframe_stride)] if keyframe_attention else [],
-                   "attn1_output_patch": [_filter(model, {})] if temporal_filter else []}
-        return (host.patched_sampler(sample_consistent, patches),)
+        patches = {"attn1_output_patch": [_filter(model, {})] if temporal_filter else []}
+        extension = ((KeyframeAttention(None, keyframes, keyframe_stride).extend, host.transformer_blocks(model))
+                     if keyframe_attention else None)
+        return (host.patched_sampler(sample_consistent, patches, attn1_extension=extension),)
 
 
 NODE_CLASS_MAPPINGS = {

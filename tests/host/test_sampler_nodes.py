@@ -94,6 +94,40 @@ def test_smoothing_mechanisms_raise_adjacent_cosine(mods, setup, switch):
     assert c_on > c_off
 
 
+def test_keyframe_attention_equals_extending_the_attention_inputs(mods, setup):
+    """Keyframe attention appends the keyframes' projected keys/values; an independent reference appends
+    the keyframe rows' attn1 INPUTS before the projections (an attn1 patch, per CFG half): the projections
+    act per token, so both must give the same edit. Also: an attn1 replace already on the model keeps
+    acting (ours calls it with the extended keys/values)."""
+    model, _, prompt, negative, _, _, _, inv = setup
+    rows = mods[1].keyframe_indices(FRAMES, 3, 0)
+
+    def reference(n, context, value, extra_options):
+        def extend(t):
+            return torch.cat([torch.cat([c, c[rows].reshape(1, -1, c.shape[-1]).expand(c.shape[0], -1, -1)], 1)
+                              for c in t.chunk(len(extra_options["cond_or_uncond"]))])
+        return n, extend(context), extend(value)
+    patched = model.clone()
+    patched.set_model_attn1_patch(reference)
+    expected, _ = sample(mods, patched, prompt, negative, inv, cfg=4.0)
+    ours, report = edit_run(mods, setup, keyframe_attention=True)
+    assert f"keyframe attention: on (frames {rows})" in report
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+    seen = []
+
+    def upstream(q, k, v, extra_options):
+        seen.append(k.shape[1] // q.shape[1])  # keys per query token: 1 + keyframes
+        return torch.nn.functional.scaled_dot_product_attention(
+            *(t.view(t.shape[0], -1, extra_options["n_heads"], t.shape[-1] // extra_options["n_heads"]).transpose(1, 2)
+              for t in (q, k, v))).transpose(1, 2).reshape(q.shape)
+    replaced = model.clone()
+    replaced.set_model_attn1_replace(upstream, "output", 1)
+    out, _ = sample(mods, replaced, prompt, negative, inv, cfg=4.0, keyframe_attention=True)
+    assert seen and set(seen) == {4}
+    torch.testing.assert_close(out, ours, rtol=1e-4, atol=1e-4)
+
+
 def test_source_injection_keeps_the_source_structure(mods, setup):
     """What injection must do: the edit stays closer to the source latents than without it."""
     latent = setup[5]["samples"]
@@ -102,6 +136,21 @@ def test_source_injection_keeps_the_source_structure(mods, setup):
     assert "source injection: on (attention 0.5 on output 0, output 1; features 0.8 on output 1)" in report
     print(f"\ndistance to source: off {rel_error(off, latent):.4f} on {rel_error(on, latent):.4f}")
     assert rel_error(on, latent) < rel_error(off, latent)
+
+
+def test_source_passes_that_stop_early_change_nothing(mods, setup, monkeypatch):
+    """Steps injecting only features end their source pass on entering the feature block; the edit must be
+    bit-identical to one whose source passes run the whole UNet."""
+    from temporal_adapter.adapter_core.attention import SourceInjection
+    stops = []
+    stop_block = SourceInjection.stop_block
+    monkeypatch.setattr(SourceInjection, "stop_block", lambda self: stops.append(stop_block(self)) or stops[-1])
+    model, _, prompt, negative, _, _, _, inv = setup
+    early, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, inject_source=True, feature_fraction=1.0)
+    monkeypatch.setattr(SourceInjection, "stop_block", lambda self: 99)
+    full, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, inject_source=True, feature_fraction=1.0)
+    assert 1 in stops  # the tiny model's feature block is output 1: passes past the attention steps stop there
+    assert torch.equal(early, full)
 
 
 def test_adapter_tokens_and_lora_reach_the_unet(mods, setup):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from temporal_adapter.adapter_core import ddim
-from temporal_adapter.adapter_core.attention import (KeyframeAttention, SourceInjection, TemporalAttn1Filter,
-                                                     auto_blocks, keyframe_indices)
+from temporal_adapter.adapter_core.attention import (KeyframeAttention, SourceInjection, SourceRecorded,
+                                                     TemporalAttn1Filter, auto_blocks, keyframe_indices)
 from temporal_adapter.adapter_core.chunking import blend_weights, overlap_plan, run_blended
 from temporal_adapter.adapter_core.inversion import Inversion
 from temporal_adapter.adapter_core.sampling import StepCosine, plan_runs, sample_consistent
@@ -53,17 +53,18 @@ def test_auto_blocks_prefers_the_method_blocks_and_falls_back_to_the_last_output
 
 
 def test_keyframe_attention_appends_the_keyframe_tokens_per_cfg_chunk():
-    n = torch.randn(2 * 5, 7, 4)  # 2 CFG chunks of 5 frames, 7 tokens
+    k, v = torch.randn(2, 2 * 5, 7, 4)  # projected keys/values: 2 CFG chunks of 5 frames, 7 tokens
     options = {"block": ("output", 1), "cond_or_uncond": [0, 1]}
     patch = KeyframeAttention(count=2)
-    q, k, v = patch(n, n, n, options)
-    assert q is n and k.shape == (10, 7 + 2 * 7, 4)
+    k2, v2 = patch.extend(k, v, options)
+    assert k2.shape == v2.shape == (10, 7 + 2 * 7, 4)
     for chunk in range(2):
-        rows = n[5 * chunk: 5 * chunk + 5]
-        torch.testing.assert_close(k[5 * chunk + 3, 7:], torch.cat([rows[0], rows[4]]))
+        for t, t2 in ((k, k2), (v, v2)):
+            rows = t[5 * chunk: 5 * chunk + 5]
+            torch.testing.assert_close(t2[5 * chunk + 3], torch.cat([rows[3], rows[0], rows[4]]))
     patch.rows = [2]
-    assert torch.equal(patch(n, n, n, options)[1][1, 7:], n[2])
-    assert KeyframeAttention(blocks=[("output", 9)])(n, n, n, options)[1] is n
+    assert torch.equal(patch.extend(k, v, options)[0][1, 7:], k[2])
+    assert KeyframeAttention(blocks=[("output", 9)]).extend(k, v, options)[0] is k
 
 
 def test_source_injection_records_then_injects_in_every_chunk():
@@ -83,6 +84,25 @@ def test_source_injection_records_then_injects_in_every_chunk():
     assert torch.equal(h, h_src.repeat(2, 1, 1, 1))
     inj.attention = False
     assert inj.attn1(edit, edit, edit, options)[0] is edit
+
+
+def test_source_pass_stops_after_the_last_block_it_must_record():
+    """Features on output 4 and attention on output 4..11 (SD1.5 defaults): with attention the pass runs
+    through output 11; features only, it stops on entering output 4 once its features are recorded."""
+    inj = SourceInjection([("output", i) for i in range(4, 12)], [("output", 4)])
+    inj.mode, inj.attention, inj.features = "record", True, True
+    assert inj.stop_block() == 12
+    h = torch.randn(2, 8, 2, 2)
+    for number in range(12):
+        inj.output_block(h, None, {"block": ("output", number), "cond_or_uncond": [1]})
+    inj.attention = False
+    assert inj.stop_block() == 4
+    inj.output_block(h, None, {"block": ("output", 3), "cond_or_uncond": [1]})
+    with pytest.raises(SourceRecorded):
+        inj.output_block(h * 2, None, {"block": ("output", 4), "cond_or_uncond": [1]})
+    assert torch.equal(inj.store[("features", "output", 4)], h * 2)
+    inj.mode = "inject"  # an edit pass never stops
+    inj.output_block(h, None, {"block": ("output", 5), "cond_or_uncond": [1]})
 
 
 def test_filter_skip_leaves_the_leading_rows_alone():
