@@ -1,6 +1,7 @@
 // Live loss curve on "Train Adapter (Temporal Adapter)": the trainer sends one
 // "temporal_adapter.loss" event per step ({node, step, steps, total, denoise, temporal, lr}); the
-// curve (log scale, one line per term) is drawn under the node's widgets. Nothing is serialized.
+// curve (log scale, one line per term) is drawn under the node's widgets; the node grows to make room
+// for it (a workflow saved without this extension may hold a smaller size). Nothing is serialized.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -40,6 +41,13 @@ function drawCurve(ctx, history, x0, y0, width, height) {
 	ctx.restore();
 }
 
+function makeRoom(node) {
+	const [width, height] = node.computeSize();
+	if (node.size[0] < width || node.size[1] < height) {
+		node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
+	}
+}
+
 app.registerExtension({
 	name: "temporal_adapter.loss_curve",
 	setup() {
@@ -50,14 +58,17 @@ app.registerExtension({
 				node.lossHistory = [];
 			}
 			node.lossHistory.push(detail);
-			node.setDirtyCanvas(true, false);
+			makeRoom(node);
+			node.setDirtyCanvas(true, true);
 		});
 	},
 	beforeRegisterNodeDef(nodeType, nodeData) {
 		if (nodeData.name !== NODE) return;
+		// In the 2024 front end the node class gets LiteGraph's methods only after this hook, and
+		// only those it does not define itself: fall back to LiteGraph's own computeSize at call time.
 		const computeSize = nodeType.prototype.computeSize;
 		nodeType.prototype.computeSize = function (...args) {
-			const size = computeSize ? computeSize.apply(this, args) : [320, 100];
+			const size = (computeSize ?? window.LiteGraph.LGraphNode.prototype.computeSize).apply(this, args);
 			return [size[0], size[1] + HEIGHT];
 		};
 		const onDrawForeground = nodeType.prototype.onDrawForeground;

@@ -1,0 +1,126 @@
+"""The trainer's live loss curve (js/loss_curve.js) in the host's front end (headless Chromium): the
+train_adapter example workflow (tiny model, 4 small frames) is queued from the page on the live
+server; the trainer's per-step "temporal_adapter.loss" events reach the node through the front
+end's api, and the node draws the curve and the latest values under its widgets."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+from test_frontend import page  # noqa: F401  (the shared headless-browser fixture)
+
+pytestmark = pytest.mark.browser
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS, SEED = 6, 4242  # a seed no other test uses, so the host cannot answer from its cache
+CURVE_HEIGHT = 140  # HEIGHT in js/loss_curve.js
+COLOURS = {"total": (0xE0, 0xE0, 0xE0), "denoise": (0x4A, 0x9F, 0xE0), "temporal": (0xE0, 0x50, 0x50)}
+
+TRAINER = "window.app.graph._nodes.find((n) => n.type === 'TA_TrainAdapter')"
+# Draws the graph with the trainer's body at canvas (20, 40), scale 1, and returns what was drawn in
+# the curve's box (the bottom CURVE_HEIGHT px of the node): pixel colour counts and every text.
+SNAPSHOT = f"""([colours, height]) => {{
+    const node = {TRAINER};
+    const canvas = window.app.canvas;
+    canvas.ds.scale = 1;
+    canvas.ds.offset = [20 - node.pos[0], 40 - node.pos[1]];
+    const texts = [];
+    const fillText = CanvasRenderingContext2D.prototype.fillText;
+    CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {{
+        texts.push(String(text));
+        return fillText.call(this, text, ...rest);
+    }};
+    try {{
+        canvas.setDirty(true, true);
+        canvas.draw(true, true);
+    }} finally {{
+        CanvasRenderingContext2D.prototype.fillText = fillText;
+    }}
+    const top = 40 + node.size[1] - height - 4;
+    const box = canvas.canvas.getContext("2d").getImageData(28, top, node.size[0] - 16, height).data;
+    const counts = Object.fromEntries(Object.keys(colours).map((k) => [k, 0]));
+    let background = 0;
+    for (let i = 0; i < box.length; i += 4) {{
+        const px = [box[i], box[i + 1], box[i + 2]];
+        const near = (c) => c.every((v, j) => Math.abs(v - px[j]) <= 24);
+        if (px.every((v) => Math.abs(v - 0x1b) <= 2)) background += 1;
+        for (const [k, c] of Object.entries(colours)) if (near(c)) counts[k] += 1;
+    }}
+    const widgetHeight = window.LiteGraph.NODE_WIDGET_HEIGHT;
+    const widgetsBottom = Math.max(...node.widgets.map((w) => (w.last_y ?? w.y ?? 0) + widgetHeight));
+    return {{ counts, background, pixels: box.length / 4, texts, size: [...node.size], min: [...node.computeSize()],
+              top: node.size[1] - height - 4, widgetsBottom,
+              history: (node.lossHistory || []).map((r) => [r.step, r.steps, r.total, r.denoise, r.temporal]) }};
+}}"""
+
+
+def workflow_height(workflow):
+    return next(n["size"][1] for n in workflow["nodes"] if n["type"] == "TA_TrainAdapter")
+
+
+def queue(page, steps):
+    page.evaluate(f"""async (steps) => {{
+        const node = {TRAINER};
+        node.widgets.find((w) => w.name === "steps").value = steps;
+        await window.app.queuePrompt(0, 1);
+    }}""", steps)
+    page.wait_for_function(f"""(steps) => {{
+        const history = {TRAINER}.lossHistory;
+        return history && history.length === steps && history.at(-1).step === steps;
+    }}""", arg=steps, timeout=300000)
+
+
+def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips):  # noqa: F811
+    shutil.copy(clips["carphone_pristine.mp4"], os.path.join(live_server.input_dir, "carphone_pristine.mp4"))
+    with open(os.path.join(REPO, "example_workflows", "train_adapter.json")) as f:
+        workflow = json.load(f)
+    page.evaluate("""async ([workflow, seed]) => {
+        await window.app.loadGraphData(workflow);
+        const nodes = window.app.graph._nodes;
+        const set = (type, name, value) => {
+            nodes.find((n) => n.type === type).widgets.find((w) => w.name === name).value = value;
+        };
+        set("CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors");
+        set("TA_LoadVideo", "frame_load_cap", 4);
+        set("TA_LoadVideo", "custom_width", 64);
+        set("TA_TrainAdapter", "seed", seed);
+        set("TA_TrainAdapter", "frames_per_step", 2);
+        set("TA_SaveAdapter", "filename_prefix", "browser_loss_curve");
+        set("SaveImage", "filename_prefix", "browser/loss_curve");
+    }""", [workflow, SEED])
+    before = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
+    assert not before["history"] and before["background"] == 0
+    assert not [t for t in before["texts"] if t.startswith("step ")]
+
+    queue(page, STEPS)
+    after = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
+    print(f"\ncurve box {after['pixels']} px: background {after['background']}, line pixels {after['counts']}; "
+          f"texts {[t for t in after['texts'] if re.match(r'(total|denoise|temporal|step) ', t)]}")
+    history = after["history"]
+    assert [r[0] for r in history] == list(range(1, STEPS + 1)) and {r[1] for r in history} == {STEPS}
+    assert all(v > 0 for r in history for v in r[2:])
+    # The node is tall enough for its widgets and the curve under them (the workflow's saved size
+    # is not), and the curve is drawn there: mostly its background, with every term's line.
+    assert after["size"][1] >= after["min"][1] > workflow_height(workflow) and after["widgetsBottom"] <= after["top"]
+    assert after["background"] > 0.5 * after["pixels"]
+    assert all(count >= 20 for count in after["counts"].values()), after["counts"]
+    shown = {t.split()[0]: float(t.split()[1]) for t in after["texts"]
+             if re.fullmatch(r"(total|denoise|temporal) \S+", t)}
+    for key, value in zip(("total", "denoise", "temporal"), history[-1][2:]):
+        assert abs(shown[key] - value) <= 1e-3 * value, (key, value, shown)
+    assert f"step {STEPS}/{STEPS}" in after["texts"]
+
+    # The values are the trainer's own: its output text gives the first and last total loss.
+    entries = [e for e in live_server.get("/history").values()
+               if e["prompt"][2].get("5", {}).get("inputs", {}).get("seed") == SEED]
+    summary = entries[-1]["outputs"]["5"]["text"][0]
+    first, last_total = (float(v) for v in re.match(r"\d+ steps; loss (\S+) -> (\S+)", summary).groups())
+    assert abs(first - history[0][2]) <= 1e-4 * first and abs(last_total - history[-1][2]) <= 1e-4 * last_total
+
+    # A new run starts a new curve (the history restarts at step 1).
+    queue(page, STEPS - 2)
+    again = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
+    assert [r[0] for r in again["history"]] == list(range(1, STEPS - 1))
+    assert f"step {STEPS - 2}/{STEPS - 2}" in again["texts"]
+    assert not [e for e in page.errors if "loss" in e.lower()], page.errors
