@@ -14,6 +14,7 @@ Pillow (an adaptive palette per gif frame, and the host's metadata conventions f
 Pillow comes with every ComfyUI host (and with matplotlib).
 """
 import hashlib
+import importlib
 import math
 import os
 import re
@@ -320,19 +321,43 @@ def frame_bytes(width, height):
     return width * height * 3 * 4
 
 
+def _uninitialised(shape):
+    """np.empty(shape, float32) without numpy's huge-page hint.
+
+    numpy asks the kernel for transparent huge pages on every array of 4 MiB or more. Huge pages
+    come from the kernel's largest free blocks, which a VM with free page reporting (virtio
+    balloon) has handed back to its host, so their first touch can cost several times more than
+    small pages: the 720p benchmark's loader ran at 33-44 frames/s with the hint and 79-97 without
+    (benchmarks/README.md). The hint is a process-wide switch, turned off for this one allocation.
+    """
+    switch = None
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2, numpy 1
+        try:
+            switch = importlib.import_module(module)._set_madvise_hugepage
+            break
+        except (ImportError, AttributeError):
+            continue
+    previous = switch(False) if switch else None
+    try:
+        return np.empty(shape, np.float32)
+    finally:
+        if switch:
+            switch(previous)
+
+
 class _FrameBuffer:
     """A float32 [capacity, H, W, 3] array filled in place.
 
-    Sizing goes through realloc (`ndarray.resize`), which remaps large blocks instead of copying
-    them, so growing past the estimate or trimming to the frames read never holds the clip twice.
-    The array starts empty and is grown even to its first capacity: numpy asks the kernel for huge
-    pages on fresh arrays, whose first touch can cost several times more (direct compaction).
+    The array is allocated uninitialised, so each frame's memory is first touched by the one
+    write that converts the frame to float (no zero-fill pass over the whole clip: writing the
+    output is the loader's main cost). Sizing goes through realloc (`ndarray.resize`), which remaps
+    large blocks instead of copying them, so growing past the estimate (the added frames are
+    zero-filled) or trimming to the frames read never holds the clip twice.
     """
 
     def __init__(self, capacity, height, width):
-        self.array = np.empty((0, height, width, 3), np.float32)
+        self.array = _uninitialised((max(capacity, 1), height, width, 3))
         self.count = 0
-        self._resize(max(capacity, 1))
 
     def _resize(self, frames):
         self.array.resize((frames,) + self.array.shape[1:], refcheck=False)

@@ -133,6 +133,24 @@ def test_frame_buffer_grows_and_trims_in_place():
     assert images[20, 0, 0, 0] == images[19, 0, 0, 0]
 
 
+@pytest.mark.parametrize("setting", [True, False])
+def test_frame_buffer_leaves_numpys_huge_page_switch_as_it_was(setting):
+    # The output array is allocated with numpy's process-wide huge-page hint off (slow first touch
+    # in VMs, benchmarks/README.md); the switch must come back to whatever the host had.
+    try:
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
+    previous = multiarray._set_madvise_hugepage(setting)
+    try:
+        buffer = video._FrameBuffer(3, 720, 1280)  # 33 MB: above numpy's 4 MiB huge-page size
+        assert multiarray._get_madvise_hugepage() == setting
+        buffer.append(np.full((720, 1280, 3), 255, np.uint8))
+        assert buffer.finish()[0].min() == 1.0
+    finally:
+        multiarray._set_madvise_hugepage(previous)
+
+
 def clip_frames(clips, n=12):
     images, fps, _ = video.load(clips["bikes.mp4"], video.LoadOptions(frame_load_cap=n, width=320))
     return images, fps
