@@ -13,12 +13,12 @@ DEFAULT_COMFYUI = os.path.join(REPO, ".cache", "host", "ComfyUI")
 CHECKPOINTS = os.path.join(REPO, ".cache", "models", "checkpoints")
 
 
-def import_host(comfy_dir=DEFAULT_COMFYUI):
-    """Import the host in this process with --cpu, and our package as `temporal_adapter` (without
-    its __init__). Returns the host's `comfy.sd` module."""
+def import_host(comfy_dir=DEFAULT_COMFYUI, host_args=()):
+    """Import the host in this process with --cpu (plus `host_args`, e.g. "--use-pytorch-cross-attention"),
+    and our package as `temporal_adapter` (without its __init__). Returns the host's `comfy.sd` module."""
     if comfy_dir not in sys.path:
         sys.path.insert(0, comfy_dir)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *host_args]
     try:
         import comfy.options
         comfy.options.enable_args_parsing()

@@ -44,7 +44,7 @@ def frames(count, width, height):
 
 class Setup:
     def __init__(self, args):
-        import_host()
+        import_host(host_args=args.host_args.split())
         import folder_paths
         import nodes
         folder_paths.set_temp_directory(tempfile.mkdtemp(prefix="ta-bench-"))
@@ -124,8 +124,12 @@ def timing(s):
         with torch.inference_mode():
             s.nodes.KSamplerAdvanced().sample(s.model, "disable", 0, s.args.steps, 4.0, "ddim", "ddim_uniform", s.edit,
                                               s.negative, s.noise, 0, 10000, "disable")
-    runs = {"KSampler (ddim)": ksampler, "all off": lambda: s.sample(chunk=0),
-            "all on (no adapter)": lambda: s.sample(chunk=0, **{**MECHANISMS["all on"], "use_adapter": False})}
+    from temporal_adapter.adapter_core.adapter import Adapter
+    from temporal_adapter.nodes import host
+    # Sampling cost does not depend on the adapter's values: a fresh one (default window 900-1000).
+    adapter = Adapter.create(host.text_width(s.model), s.args.timing_frames, host.attention_linears(s.model))
+    runs = {"KSampler (ddim)": ksampler, **{name: (lambda sw=switches: s.sample(chunk=0, adapter=adapter, **sw))
+                                           for name, switches in MECHANISMS.items()}}
     times, inside = {k: [] for k in runs}, {k: [] for k in runs}
     for fn in runs.values():
         fn()  # warm-up
@@ -170,6 +174,7 @@ def memory(args):
     rows = []
     for count in (32, 128):
         cmd = [sys.executable, __file__, "--part", "memory-child", "--count", str(count), "--steps", str(args.steps),
+               f"--host-args={args.host_args}", "--threads", str(args.threads),
                "--width", str(args.width), "--height", str(args.height), "--checkpoint", args.checkpoint]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
@@ -197,12 +202,20 @@ def main():
     parser.add_argument("--adapter-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--host-args", default="", help='extra host flags, e.g. "--use-pytorch-cross-attention" '
+                        "(the host's attention on CPU is otherwise sub-quadratic attention)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one thread "
+                        "gives reproducible ratios on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.part == "memory":
         return memory(args)
     s = Setup(args)
     if args.part == "memory-child":
         return memory_child(s, args.count)
+    import comfy.ldm.modules.attention as attention
+    print(f"host attention: {attention.optimized_attention.__name__}")
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"load average at start {os.getloadavg()[0]:.1f}; checkpoint {args.checkpoint}")
     if args.part in ("all", "table"):

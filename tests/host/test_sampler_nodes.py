@@ -259,3 +259,27 @@ def test_bad_input_gives_clear_errors(comfy_host, mods, setup):
     two_prompts = [[torch.cat([edit[0][0]] * 2), dict(edit[0][1])]]
     with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the 6 frames"):
         sample(mods, model, two_prompts, negative, inv)
+
+
+def test_every_mechanism_on_a_two_level_model(comfy_host, mods, clips):
+    """A model with two resolution levels (attention blocks input 1, 3, middle, output 0..3): the
+    mechanisms pick its blocks (filter on its last two output blocks, injection on its output blocks,
+    keyframes on every attention block), chunked with shared keyframes, adapter on; the result is
+    finite and differs from the all-off edit."""
+    from temporal_adapter.nodes import host
+    with torch.inference_mode():
+        model, clip, vae = comfy_host.nodes.CheckpointLoaderSimple().load_checkpoint("ta_twolevel_sd15.safetensors")[:3]
+        source, edit, negative = (comfy_host.nodes.CLIPTextEncode().encode(clip, text)[0] for text in
+                                  ("people riding bikes", "people riding horses", ""))
+    latent = encode(comfy_host, vae, frames_of(clips["bikes.mp4"], 8, 64))
+    _, inv, _ = invert(mods[0], model, source, latent, 3)
+    adapter = Adapter.create(768, 8, host.attention_linears(model), window=(0, 1000))
+    on, report = sample(mods, model, edit, negative, inv, cfg=4.0, steps=3, adapter=adapter, frames_per_chunk=6,
+                        chunk_overlap=2, **ALL_ON)
+    off, _ = sample(mods, model, edit, negative, inv, cfg=4.0, steps=3)
+    print("\n" + report)
+    assert "8 frames, 3 steps, 2 chunk(s) (0-5, 2-7)" in report and "keyframe attention: on (frames [0, 4, 7])" in report
+    assert "temporal filter: on (output 2, output 3, kernel 5)" in report
+    assert "features 0.8 on output 3" in report
+    assert on.shape == latent["samples"].shape and torch.isfinite(on).all()
+    assert not torch.allclose(on, off)
