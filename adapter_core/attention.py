@@ -144,12 +144,15 @@ class KeyframeAttention:
         return self._extend(k, extra_options), self._extend(v, extra_options)
 
     def _extend(self, t, extra_options):
-        out = []
-        for chunk in split_chunks(t, extra_options):
-            rows = self.rows if self.rows is not None else keyframe_indices(chunk.shape[0], self.count, self.stride)
-            keys = chunk[rows].reshape(1, -1, chunk.shape[-1]).expand(chunk.shape[0], -1, -1)
-            out.append(torch.cat([chunk, keys], dim=1))
-        return torch.cat(out) if len(out) > 1 else out[0]
+        """[B, N, C] -> [B, (1 + K)·N, C], written once into one new tensor."""
+        chunks = split_chunks(t, extra_options)
+        frames, tokens, channels = chunks[0].shape
+        rows = self.rows if self.rows is not None else keyframe_indices(frames, self.count, self.stride)
+        out = t.new_empty(len(chunks), frames, tokens * (1 + len(rows)), channels)
+        out[:, :, :tokens] = t.reshape(len(chunks), frames, tokens, channels)
+        for i, chunk in enumerate(chunks):
+            out[i, :, tokens:] = chunk[rows].reshape(1, -1, channels)
+        return out.view(-1, out.shape[2], channels)
 
 
 class SourceInjection:
