@@ -21,13 +21,32 @@ class Chunk:
 
 
 def chunk_plan(frames, size, context=0):
-    """Chunks covering 0..frames; size <= 0 or >= frames gives one chunk of the whole clip."""
+    """Chunks covering 0..frames, each processing exactly `size` frames (context included), so that
+    the largest batch, hence peak memory, is `size` frames whatever the clip length.
+
+    Every owned frame has at least `context` processed neighbours on each side inside its chunk
+    (fewer only at the clip's ends): the first chunk owns frames 0 .. size − context, the next ones
+    size − 2·context each, and the last one's window ends at the clip's last frame (it may reach
+    further back than `context`). size <= 0 or >= frames gives one chunk of the whole clip; a
+    positive size below 2·context + 1 is a ValueError (no frame would have both neighbourhoods).
+    """
     if frames < 1:
         raise ValueError("need at least one frame")
     if size <= 0 or size >= frames:
         return [Chunk(0, frames, 0, frames)]
-    return [Chunk(max(0, s - context), min(frames, s + size + context), s, min(frames, s + size))
-            for s in range(0, frames, size)]
+    if size < 2 * context + 1:
+        raise ValueError(f"frames_per_chunk: {size} is too small; a chunk needs {context} neighbour frames on "
+                         f"each side of the frames it keeps, so use at least {2 * context + 1} (or 0 = all)")
+    stride = size - 2 * context
+    cuts = [0, size - context]
+    while frames - cuts[-1] > size - context:
+        cuts.append(cuts[-1] + stride)
+    cuts.append(frames)
+    plan = []
+    for keep_lo, keep_hi in zip(cuts, cuts[1:]):
+        lo = min(max(keep_lo - context, 0), frames - size)
+        plan.append(Chunk(lo, lo + size, keep_lo, keep_hi))
+    return plan
 
 
 def run_chunked(plan, fn, dim=0):

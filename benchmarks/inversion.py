@@ -6,9 +6,10 @@
 3. the same with the temporal filter on (attn1 outputs of the two highest-resolution attention blocks).
 The inverter's content cache is cleared before every run. Runs alternate; times are medians.
 Then peak memory (resident set size, sampled every ms, minus the level before the run) of inverting
-16 and 64 frames at frames_per_chunk 16, each in a fresh subprocess.
+16 and 64 frames at frames_per_chunk 16 with the temporal filter, each in a fresh subprocess.
 
 Run from the repo root:  .cache/venv/bin/python benchmarks/inversion.py [--checkpoint NAME] [--frames N]
+[--part all|timing|memory]
 """
 import argparse
 import json
@@ -69,11 +70,18 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-steps", type=int, default=2)
+    ap.add_argument("--part", choices=["all", "timing", "memory"], default="all")
     ap.add_argument("--memory-frames", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_frames:
         return memory_child(args)
+    if args.part != "memory":
+        timing(args)
+    if args.part != "timing":
+        memory(args)
 
+
+def timing(args):
     model, cond, blocks, host, nodes_mod = setup(args)
     import comfy.sample
     import comfy.samplers
@@ -103,6 +111,9 @@ def main():
           f"{args.repeats} repeats, torch threads {torch.get_num_threads()}")
     for name, ts in times.items():
         print(f"  {name:45s} {statistics.median(ts):8.2f} s   {statistics.median(ts) / base:5.3f}x")
+
+
+def memory(args):
     peaks = {}
     for frames in (16, 64):
         out = subprocess.run([sys.executable, __file__, "--checkpoint", args.checkpoint, "--comfyui", args.comfyui,

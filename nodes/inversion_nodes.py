@@ -78,8 +78,9 @@ class BilateralDDIMInversion:
                        "inversion step (one extra model call each). 0 is plain DDIM inversion; 2-3 make the "
                        "round trip nearly exact (see the reconstruction readout) at 3-4x the time."}),
             "frames_per_chunk": ("INT", {"default": 16, "min": 0, "max": 4096, "tooltip": "Frames inverted "
-                                 "at once (0 = all). Chunks include the filter's neighbour frames, so there is "
-                                 "no seam; peak memory stays flat as the clip grows."}),
+                                 "at once, the temporal filter's neighbour frames included (0 = all). Each chunk "
+                                 "keeps only the frames whose filter neighbours it also inverted; peak memory "
+                                 "follows this number, not the clip length."}),
         }}
 
     def invert(self, model, conditioning, latent, steps, filter, kernel, sigma_s, sigma_r, relative_sigma_r,

@@ -1,4 +1,5 @@
 """Bilateral DDIM inversion in the real host: round trip, equivalence, filter effect, bad input."""
+import re
 import shutil
 
 import cv2
@@ -108,24 +109,51 @@ def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, 
     assert rel_error(noise["samples"].double(), expected) < 1e-4
 
 
+def sharpened_self_attention(model, factor):
+    """A clone of `model` whose self-attention (attn1) q and k projections are `factor` times larger,
+    through a weight patch (the host's add_patches "diff" form, as a LoRA is applied): the attention
+    logits grow factor², so each token attends to similar tokens instead of to the whole frame."""
+    weights = model.model_state_dict()
+    keys = [k for k in weights if re.search(r"\.attn1\.to_[qk]\.weight$", k)]
+    clone = model.clone()
+    assert keys and len(clone.add_patches({k: (weights[k] * (factor - 1),) for k in keys}, 1.0)) == len(keys)
+    return clone
+
+
 def test_temporal_filter_raises_adjacent_cosine_of_inverted_latents(comfy_host, nodes_mod, clips):
-    """carphone_pristine.mp4, 16 frames at 32x32 latents (256 px; benchmarks/inversion.py prints the same
-    table at 64x64), tiny model (attention blocks input 1, output 0, output 1: the filter runs on both
-    output blocks), 10 steps. Measured on the inverted latents and on the noise the inversion added
-    (noise - source), where the filter acts. The generated weights are random, so the effect is small
-    (about 1% of 1 - cos); the assertion asks for at least 0.5% of 1 - cos."""
+    """carphone_pristine.mp4, 16 frames at 512 px through the host VAE (64x64 latents), tiny model
+    with the filter at its defaults (kernel 5, sigma_s 1, sigma_r 1) on both of its output attention
+    blocks (output 0, output 1: like the default output 9, 10 of SD1.5, the decoder blocks at full
+    latent resolution), 2 steps (1 and 501: a 16-frame UNet call at 64x64 is the expensive part).
+
+    Why the attention is sharpened: the generated random q/k projections give near-uniform attention
+    over the 4096 tokens, so the attn1 output is about the mean of v over the frame (measured at
+    256 px: its spread across tokens is 4% of its std, adjacent frames differ by 0.5%). A filter
+    along frames then has nothing to act on (it moved 1 - cos of the inverted latents by 0.1-0.6%; a
+    0.5% threshold passed at 64x64 by 1e-6). A trained model's attention is content-dependent; q and k
+    scaled x4 give that here (token spread 42-54% of the std, adjacent frames differ by 18-29%).
+
+    Measured (64x64, this set-up): 1 - cos of the inverted latents 0.00596 off -> 0.00338 on (-43%),
+    of the added noise (noise - source) 0.00461 -> 0.00214 (-54%). The assertion asks that the filter
+    removes at least a fifth of each (ratio < 0.8), a margin of 2x on the measured reductions."""
     model, cond, vae = load(comfy_host, "ta_tiny_sd15.safetensors")
-    latent = encode(comfy_host, vae, frames_of(clips["carphone_pristine.mp4"], 16, 256))
+    with torch.inference_mode():
+        model = sharpened_self_attention(model, 4.0)
+    latent = encode(comfy_host, vae, frames_of(clips["carphone_pristine.mp4"], 16, 512))
+    assert latent["samples"].shape == (16, 4, 64, 64)
     table = {}
     for filt in ("off", "temporal"):
-        noise, inv, _ = invert(nodes_mod, model, cond, latent, 10, filt, "output 0, output 1")
+        _, inv, _ = invert(nodes_mod, model, cond, latent, 2, filt, "output 0, output 1")
         table[filt] = (float(cosine_similarity_adjacent(inv.noise).mean()),
                        float(cosine_similarity_adjacent(inv.noise - inv.source).mean()))
-    print("\nfilter    adjacent cosine: inverted latents | added noise  (16 frames, 32x32 latents)")
+    ratios = [(1 - table["temporal"][i]) / (1 - table["off"][i]) for i in range(2)]
+    print("\ncarphone_pristine.mp4, 16 frames, 64x64 latents, 2 steps: mean adjacent-frame cosine")
+    print("filter     | inverted latents | added noise")
     for k, (a, b) in table.items():
-        print(f"{k:9s} {a:.6f} | {b:.6f}")
-    for i in range(2):
-        assert 1 - table["temporal"][i] < 0.995 * (1 - table["off"][i])
+        print(f"{k:10s} | {a:.6f}         | {b:.6f}")
+    print(f"1-cos on/off | {ratios[0]:.3f}          | {ratios[1]:.3f}")
+    for ratio in ratios:
+        assert ratio < 0.8, (table, ratios)
 
 
 def test_chunks_match_the_whole_clip_and_cache_is_reused(comfy_host, nodes_mod, clips):
@@ -166,6 +194,8 @@ def test_bad_input_gives_clear_errors(comfy_host, nodes_mod, clips):
     assert "temporal filter skipped: it needs at least 3 frames, the clip has 2" in report
     with pytest.raises(ValueError, match="blocks: the model has no attention block 'output 9'.*output 0, output 1"):
         invert(nodes_mod, model, cond, latent, 3, "temporal", "output 9")
+    with pytest.raises(ValueError, match="frames_per_chunk: 2 is too small.*at least 5"):
+        invert(nodes_mod, model, cond, latent, 3, "temporal", "output 0, output 1", chunk=2)
     nan = {"samples": latent["samples"].clone()}
     nan["samples"][1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="latent: contains NaN"):
