@@ -93,6 +93,8 @@ class BilateralDDIMInversion:
             raise ValueError(f"conditioning: batch of {cond_frames} prompts does not match the latent's "
                              f"{frames} frames; use one prompt, or one per frame.")
         block_ids = parse_blocks(blocks, host.transformer_blocks(model)) if filter == "temporal" else []
+        # checked before the cache lookup, so a bad chunk size is an error whether or not the result is cached
+        plan = chunk_plan(frames, frames_per_chunk, kernel // 2 if filter == "temporal" and frames >= 3 else 0)
         settings = {"steps": steps, "filter": filter, "kernel": kernel, "sigma_s": sigma_s, "sigma_r": sigma_r,
                     "relative_sigma_r": relative_sigma_r, "blocks": block_ids, "refine": refine}
         model_key = host.model_fingerprint(model)
@@ -103,14 +105,15 @@ class BilateralDDIMInversion:
         inv = cache.get(key)
         cached = inv is not None
         if not cached:
-            inv = self._run(model, conditioning, x, settings, frames_per_chunk, source_key, model_key)
+            inv = self._run(model, conditioning, x, settings, plan, source_key, model_key)
             cache.put(key, inv)  # only complete results reach the cache
         noise = host.latent_space(model, inv.noise)
         report = self._report(inv, family, frames, cached)
         return ({"samples": noise}, inv, report)
 
     @staticmethod
-    def _run(model, conditioning, x, settings, frames_per_chunk, source_key, model_key):
+    def _run(model, conditioning, x, settings, plan, source_key, model_key):
+        """plan: the `chunk_plan` of the clip, with the temporal filter's neighbours as context."""
         frames, steps, mode = x.shape[0], settings["steps"], settings["filter"]
         sigmas = ddim.schedule(host.model_sigmas(model), steps)
         ascending = sigmas.flip(0)
@@ -118,11 +121,8 @@ class BilateralDDIMInversion:
         model, patch = _with_temporal_filter(model, settings, frames)
         if mode == "temporal" and patch is None:
             notes.append(f"temporal filter skipped: it needs at least 3 frames, the clip has {frames}")
-            mode = "off"
         elif mode == "spatial":
             options["latent_filter"] = latent_bilateral(settings["kernel"], settings["sigma_r"], settings["sigma_s"])
-        context = settings["kernel"] // 2 if mode == "temporal" else 0
-        plan = chunk_plan(frames, frames_per_chunk, context)
         bar = host.Progress(len(plan) * steps)
         done = [0]
 
