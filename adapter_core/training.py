@@ -7,6 +7,7 @@ list of attn1 outputs [B, N, C] of the chosen blocks, captured during that call.
 LoRAs must be installed in that model and read `adapter.window`, which the trainer pins to the
 batch's timestep. Nothing here knows the host.
 """
+import contextlib
 import dataclasses
 import math
 
@@ -178,6 +179,17 @@ def train(adapter, denoise, latents, text, sigmas, settings, progress=None, chec
     return history
 
 
+def _twice_differentiable_attention():
+    """Context in which torch's scaled_dot_product_attention uses its math backend: the fused kernels
+    (which a host denoiser may use) have no second derivative, and the Lipschitz estimate takes
+    Hessian-vector products through the model."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 has no backend switch of this form
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 class PlainGD:
     """Plain gradient descent on one fixed batch (a deterministic objective) with the step 1/L from
     a power-iteration estimate of the local Lipschitz constant L of ∇loss, halved until the loss
@@ -203,8 +215,9 @@ class PlainGD:
         shapes = [tuple(p.shape) for p in params]
         x = torch.cat([p.detach().flatten() for p in params])
         g = torch.Generator().manual_seed(self.settings.seed)
-        self.lipschitz = estimate_lipschitz(lambda v: self._loss_at(names, v, shapes), x,
-                                            iters=self.settings.lipschitz_iters, generator=g)
+        with _twice_differentiable_attention():
+            self.lipschitz = estimate_lipschitz(lambda v: self._loss_at(names, v, shapes), x,
+                                                iters=self.settings.lipschitz_iters, generator=g)
         return safe_step(self.lipschitz)
 
     def step(self, step, params):
