@@ -115,8 +115,13 @@ def send_event(event, data):
 
 def image_embedder(clip_vision):
     """A CLIP_VISION model as the core's `embed(images [N, H, W, 3]) -> [N, D]` callable: its
-    projected image embeddings (the space CLIP scores use)."""
-    return lambda images: clip_vision.encode_image(images).image_embeds
+    projected image embeddings (the space CLIP scores use). Never differentiated: without no_grad a
+    caller outside inference mode (the trainer) would record autograd through the loader's
+    inference-mode weights, which autograd refuses."""
+    def embed(images):
+        with torch.no_grad():
+            return clip_vision.encode_image(images).image_embeds
+    return embed
 
 
 # ---- models -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def file_name(kind):
     return f"ta_{kind}_sd15.safetensors"
 
 
-def _fill(state_dict, seed):
+def fill(state_dict, seed):
     """Deterministic init: fan-in scaled normals for weights, ones for 1-D scales (norms), zeros for biases."""
     import torch
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -80,15 +80,15 @@ def build(kind, comfy_dir):
                num_head_channels=-1, use_linear_in_transformer=False, adm_in_channels=None,
                use_checkpoint=False, operations=comfy.ops.disable_weight_init, **UNET_CONFIGS[kind])
     unet = UNetModel(**cfg)
-    sd = {"model.diffusion_model." + k: v for k, v in _fill(unet.state_dict(), SEEDS[kind]).items()}
+    sd = {"model.diffusion_model." + k: v for k, v in fill(unet.state_dict(), SEEDS[kind]).items()}
     del unet
     clip = comfy.sd1_clip.SDClipModel(device="cpu")
     # Like a real SD1.5 file: text_model only (the host sets text_projection to identity itself).
     text = {k: v for k, v in clip.transformer.state_dict().items() if k.startswith("text_model.")}
-    sd.update({"cond_stage_model.transformer." + k: v for k, v in _fill(text, 100).items()})
+    sd.update({"cond_stage_model.transformer." + k: v for k, v in fill(text, 100).items()})
     del clip
     taesd = comfy.taesd.taesd.TAESD()
-    vae_sd = _fill(taesd.state_dict(), 200)
+    vae_sd = fill(taesd.state_dict(), 200)
     vae_sd["vae_scale"] = _latent_scale(taesd, vae_sd)
     sd.update({"first_stage_model." + k: v for k, v in vae_sd.items()})
     detected = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")

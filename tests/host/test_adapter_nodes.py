@@ -9,9 +9,10 @@ machine (the trainer's attention is torch SDPA; the host's CPU default, sub-quad
 cost 1.6x more).
 
 The other tests check mechanics that do not depend on the frame size (plain GD with its Lipschitz
-estimate, the shared-only phase, save/load/apply through the sampler, resume, errors, interrupt) on
-the same 8 frames at 64 px (8x8 latents), where they cost seconds, not minutes.
+estimate, the shared-only phase, save/load/apply through the sampler, resume, errors, interrupt, the
+CLIP-vision token form) on the same 8 frames at 64 px (8x8 latents), where they cost seconds, not minutes.
 """
+import json
 import os
 import time
 
@@ -304,3 +305,66 @@ def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods,
     assert len(stopped) == 1 and Adapter.load(str(adapter_dir / stopped[0])).metadata["loss_history"][-1]["step"] == 3
     assert not [f for f in os.listdir(adapter_dir) if f.startswith(".partial")]
 
+
+# ---- unshared tokens projected from CLIP vision ----------------------------------------------------
+TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64,
+                    "image_size": 224, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128,
+                    "layer_norm_eps": 1e-05, "model_type": "clip_vision_model", "num_attention_heads": 4,
+                    "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 32,
+                    "torch_dtype": "float32"}
+
+
+def tiny_clip_vision(folder):
+    """A CLIP_VISION built by the host's own class from a small config (2 layers, width 64, 224 px, patch
+    14, 32-d embeddings) with deterministic random weights, inside inference mode like the host's
+    loader node (no CLIP vision weights can be downloaded)."""
+    import comfy.clip_vision
+    from make_weights import fill
+
+    config = folder / "clip_vision_tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_VISION))
+    with torch.inference_mode():
+        vision = comfy.clip_vision.ClipVisionModel(str(config))
+        missing, unexpected = vision.load_sd({k: v.float() for k, v in fill(vision.get_sd(), 300).items()})
+    assert not missing and not unexpected
+    return vision
+
+
+def test_clip_vision_tokens_are_each_frames_own_from_training_to_the_sampler(comfy_host, mods, small, adapter_dir,
+                                                                             tmp_path):
+    nodes = mods[0]
+    model, cond, negative, latent, images = small
+    vision = tiny_clip_vision(tmp_path)
+    adapter = train(mods, small, 4, clip_vision=vision, images=images)[0]
+    assert adapter.metadata["unshared_form"] == "clip_vision" and adapter.metadata["vision_dim"] == 32
+    with torch.inference_mode():
+        embeds = vision.encode_image(images).image_embeds.float()
+    assert embeds.shape == (FRAMES, 32) and torch.equal(adapter.tokens.vision, embeds)
+    assert all(not torch.equal(embeds[i], embeds[i + 1]) for i in range(FRAMES - 1))
+    with torch.inference_mode(False):
+        start = nodes.TA_TrainAdapter._new_adapter(model, "SD15", FRAMES, cond[0][0], 4, 2, 4, 4.0, "auto",
+                                                   (900, 1000), 3, vision, images)
+    assert not torch.equal(start.tokens.projection.weight, adapter.tokens.projection.weight)  # it was trained
+
+    with torch.inference_mode():
+        name = nodes.TA_SaveAdapter().save(adapter, "vision")["result"][0]
+        loaded = nodes.TA_LoadAdapter().load(name, model, latent)[0]
+        assert loaded.metadata["unshared_form"] == "clip_vision" and same_state(loaded, adapter)
+        applied = [nodes.TA_ApplyAdapter().apply(model, cond, a, False, negative, latent) for a in (adapter, loaded)]
+        outs = [ksample(comfy_host, m, pos, neg, latent) for m, pos, neg in applied]
+        # What the sampler would get if every frame used frame 0's tokens (the reference code's bug).
+        with torch.inference_mode(False), torch.no_grad():
+            frame0 = loaded.copy()
+            frame0.tokens.vision.copy_(frame0.tokens.vision[:1].expand(FRAMES, -1))
+        m, pos0, neg0 = nodes.TA_ApplyAdapter().apply(model, cond, frame0, False, negative, latent)
+        out0 = ksample(comfy_host, m, pos0, neg0, latent)
+    assert torch.equal(outs[0], outs[1]), "save -> load -> apply changed the sampler output"
+    tokens = applied[1][1][0][0]  # positive conditioning [frames, S + U + 77, 768]
+    assert tokens.shape == (FRAMES, 4 + 2 + 77, 768)
+    shared, unshared = tokens[:, :4], tokens[:, 4:6]
+    assert all(torch.equal(shared[0], shared[i]) for i in range(FRAMES))
+    assert all(not torch.allclose(unshared[i], unshared[j]) for i in range(FRAMES) for j in range(i))
+    with torch.no_grad():
+        expected = loaded.tokens.projection(embeds).view(FRAMES, 2, 768)
+    torch.testing.assert_close(unshared, expected)  # each frame's tokens from that frame's own embedding
+    assert torch.equal(out0[0], outs[1][0]) and all(not torch.equal(out0[f], outs[1][f]) for f in range(1, FRAMES))
