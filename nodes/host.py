@@ -139,9 +139,15 @@ def check_supported(model, input_name="model"):
     return family
 
 
+def model_sampling(model):
+    """The ModelPatcher's noise schedule / prediction object: its `model_sampling` object patch (set by
+    e.g. ModelSamplingDiscrete, put in place by the host while sampling), else the model's own."""
+    return model.object_patches.get("model_sampling") or model.model.model_sampling
+
+
 def model_sigmas(model):
     """The model's 1000 ascending training sigmas (its own noise schedule)."""
-    return model.model.model_sampling.sigmas.detach().float().cpu()
+    return model_sampling(model).sigmas.detach().float().cpu()
 
 
 def transformer_blocks(model):
@@ -157,15 +163,33 @@ def transformer_blocks(model):
     return found
 
 
+def _digest(h, value):
+    """Feed a weight patch (tensors, nested in tuples/lists, and plain values) into hash `h`: shapes and
+    the first 4096 values of each tensor."""
+    if isinstance(value, torch.Tensor):
+        h.update(repr(tuple(value.shape)).encode())
+        h.update(value.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _digest(h, item)
+    else:
+        h.update(repr(value).encode())
+
+
 def model_fingerprint(model):
-    """Content fingerprint of a ModelPatcher: architecture, a sample of weights, and its patches."""
+    """Content fingerprint of a ModelPatcher: architecture, a sample of weights, its weight patches
+    (keys, strengths and a sample of their values) and its noise schedule and prediction type (the
+    `model_sampling` object patch that e.g. ModelSamplingDiscrete sets, else the model's own)."""
     h = hashlib.sha256(model_family(model).encode())
     params = list(model.model.diffusion_model.parameters())
     for p in params[:4] + params[-4:]:
         h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     for key in sorted(model.patches):
         h.update(key.encode())
-        h.update(repr([(p[0], tuple(getattr(p[1], "shape", ()))) for p in model.patches[key]]).encode())
+        _digest(h, model.patches[key])
+    sampling = model_sampling(model)
+    h.update(",".join(c.__name__ for c in type(sampling).__mro__).encode())
+    _digest(h, sampling.sigmas)
     return h.hexdigest()[:20]
 
 
@@ -482,10 +506,10 @@ def adapter_model(model, adapter):
         base = clone.object_patches.get(key) or comfy.utils.get_attr(unet, path)
         clone.add_object_patch(key, lora_linear(base, lora, window))
     previous = clone.model_options.get("model_function_wrapper")
-    model_sampling = model.model.model_sampling
+    schedule = model_sampling(model)
 
     def unet_function(apply_model, args):
-        window.timestep = float(model_sampling.timestep(args["timestep"]).max())
+        window.timestep = float(schedule.timestep(args["timestep"]).max())
         try:
             if previous is not None:
                 return previous(apply_model, args)
@@ -598,7 +622,7 @@ class TrainingDenoiser:
         dtype = base.manual_cast_dtype or base.get_dtype()
         device = self.model.load_device
         x, sigma, context = x.to(device), sigma.to(device), context.to(device)
-        ms = base.model_sampling
+        ms = model_sampling(self.model)
         out = self.unet(ms.calculate_input(sigma, x).to(dtype), ms.timestep(sigma).float(), context=context.to(dtype),
                         transformer_options={"patches": {"attn1_output_patch": [capture]},
                                              "patches_replace": self.replace}).float()

@@ -85,15 +85,20 @@ def test_round_trip_reconstructs_and_reports_the_filter_both_ways(comfy_host, no
     assert not plain or refined["off"] < plain["off"]
 
 
-def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, clips):
+@pytest.mark.parametrize("prediction", ["eps", "v_prediction"])
+def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, clips, prediction):
     """Filter off: our inversion equals textbook DDIM inversion on the bare UNet (VP form with ᾱ,
-    the model evaluated at the destination timestep) to 1e-4."""
+    the model evaluated at the destination timestep) to 1e-4; for a v-prediction model (the host's
+    ModelSamplingDiscrete patch, as SD2.x-v loads) the UNet output v gives ε = √ᾱ·v + √(1−ᾱ)·z."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
     model, cond, vae = load(comfy_host, "ta_twolevel_sd15.safetensors")
+    if prediction != "eps":
+        model = ModelSamplingDiscrete().patch(model, prediction, False)[0]
     latent = encode(comfy_host, vae, frames_of(clips["carphone_pristine.mp4"], 3, 64))
     steps = 10
     noise, inv, _ = invert(nodes_mod, model, cond, latent, steps)
     with torch.inference_mode():
-        ms = model.model.model_sampling
+        ms = model.object_patches.get("model_sampling") or model.model.model_sampling
         alphas = 1.0 / (1.0 + ms.sigmas.double() ** 2)  # ᾱ_t
         timesteps = [int(t) for t in ddim.timesteps_for(ms.sigmas, ddim.schedule(ms.sigmas, steps))[:-1].flip(0)]
         unet = model.model.diffusion_model
@@ -101,7 +106,8 @@ def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, 
         z = model.model.process_latent_in(latent["samples"]).double()
         a_cur = torch.tensor(1.0, dtype=torch.float64)
         for t in timesteps:
-            eps = unet(z.float(), torch.full((3,), float(t)), context=context).double()
+            out = unet(z.float(), torch.full((3,), float(t)), context=context).double()
+            eps = out if prediction == "eps" else alphas[t].sqrt() * out + (1 - alphas[t]).sqrt() * z
             x0 = (z - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
             z = alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * eps
             a_cur = alphas[t]
