@@ -30,6 +30,23 @@ def page(live_server):
         browser.close()
 
 
+def load_example(page, live_server, clip, name, settings):
+    """Copy the `clip` file into the live server's input folder, load example_workflows/`name` in the
+    page and set widgets: settings = [[node type, widget name, value], ...] (the first node of that
+    type). Returns the workflow JSON."""
+    shutil.copy(clip, os.path.join(live_server.input_dir, os.path.basename(clip)))
+    with open(os.path.join(REPO, "example_workflows", name)) as f:
+        workflow = json.load(f)
+    page.evaluate("""async ([workflow, settings]) => {
+        await window.app.loadGraphData(workflow);
+        const nodes = window.app.graph._nodes;
+        for (const [type, name, value] of settings) {
+            nodes.find((n) => n.type === type).widgets.find((w) => w.name === name).value = value;
+        }
+    }""", [workflow, settings])
+    return workflow
+
+
 def test_our_extension_registered_and_nodes_known(page, comfy_host):
     names = page.evaluate("() => window.app.extensions.map(e => e.name)")
     assert any(n.startswith("TemporalAdapter.") for n in names), names

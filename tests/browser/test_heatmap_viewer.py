@@ -1,15 +1,9 @@
 """The heatmap viewer in the host's front end (headless Chromium): the example workflow is loaded and
 queued from the page, and the viewer's canvas changes when the word, the frame, or playback changes it."""
-import json
-import os
-import shutil
-
 import pytest
-from test_frontend import page  # noqa: F401  (the shared headless-browser fixture)
+from test_frontend import load_example, page  # noqa: F401  (page: the shared headless-browser fixture)
 
 pytestmark = pytest.mark.browser
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FIND_VIEWER = """() => {
     const node = window.app.graph._nodes.find((n) => n.type === "TA_AttentionHeatmaps");
@@ -37,25 +31,17 @@ def drive(page, selector, value, event):
 
 
 def test_viewer_switches_words_scrubs_frames_and_plays(page, live_server, clips):  # noqa: F811
-    shutil.copy(clips["bikes.mp4"], os.path.join(live_server.input_dir, "bikes.mp4"))
-    with open(os.path.join(REPO, "example_workflows", "attention_heatmaps.json")) as f:
-        workflow = json.load(f)
-    page.evaluate("""async (workflow) => {
-        await window.app.loadGraphData(workflow);
-        const nodes = window.app.graph._nodes;
-        const set = (type, name, value) => {
-            nodes.find((n) => n.type === type).widgets.find((w) => w.name === name).value = value;
-        };
-        set("CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors");
-        set("TA_LoadVideo", "frame_load_cap", 4);
-        set("TA_AttentionHeatmaps", "seed", 7);
+    load_example(page, live_server, clips["bikes.mp4"], "attention_heatmaps.json",
+                 [["CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors"],
+                  ["TA_LoadVideo", "frame_load_cap", 4], ["TA_AttentionHeatmaps", "seed", 7]])
+    page.evaluate("""async () => {
         for (const type of ["TA_SaveVideo", "SaveImage"]) {
-            nodes.filter((n) => n.type === type).forEach((n, i) => {
+            window.app.graph._nodes.filter((n) => n.type === type).forEach((n, i) => {
                 n.widgets.find((w) => w.name === "filename_prefix").value = `browser/heatmap_${type}_${i}`;
             });
         }
         await window.app.queuePrompt(0, 1);
-    }""", workflow)
+    }""")
     page.wait_for_function(f"() => ({FIND_VIEWER})().querySelector('canvas').dataset.ready", timeout=180000)
 
     first = page.evaluate(SNAPSHOT)

@@ -2,17 +2,13 @@
 train_adapter example workflow (tiny model, 4 small frames) is queued from the page on the live
 server; the trainer's per-step "temporal_adapter.loss" events reach the node through the front
 end's api, and the node draws the curve and the latest values under its widgets."""
-import json
-import os
 import re
-import shutil
 
 import pytest
-from test_frontend import page  # noqa: F401  (the shared headless-browser fixture)
+from test_frontend import load_example, page  # noqa: F401  (page: the shared headless-browser fixture)
 
 pytestmark = pytest.mark.browser
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, SEED = 6, 4242  # a seed no other test uses, so the host cannot answer from its cache
 CURVE_HEIGHT = 140  # HEIGHT in js/loss_curve.js
 COLOURS = {"total": (0xE0, 0xE0, 0xE0), "denoise": (0x4A, 0x9F, 0xE0), "temporal": (0xE0, 0x50, 0x50)}
@@ -72,23 +68,11 @@ def queue(page, steps):
 
 
 def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips):  # noqa: F811
-    shutil.copy(clips["carphone_pristine.mp4"], os.path.join(live_server.input_dir, "carphone_pristine.mp4"))
-    with open(os.path.join(REPO, "example_workflows", "train_adapter.json")) as f:
-        workflow = json.load(f)
-    page.evaluate("""async ([workflow, seed]) => {
-        await window.app.loadGraphData(workflow);
-        const nodes = window.app.graph._nodes;
-        const set = (type, name, value) => {
-            nodes.find((n) => n.type === type).widgets.find((w) => w.name === name).value = value;
-        };
-        set("CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors");
-        set("TA_LoadVideo", "frame_load_cap", 4);
-        set("TA_LoadVideo", "custom_width", 64);
-        set("TA_TrainAdapter", "seed", seed);
-        set("TA_TrainAdapter", "frames_per_step", 2);
-        set("TA_SaveAdapter", "filename_prefix", "browser_loss_curve");
-        set("SaveImage", "filename_prefix", "browser/loss_curve");
-    }""", [workflow, SEED])
+    workflow = load_example(page, live_server, clips["carphone_pristine.mp4"], "train_adapter.json", [
+        ["CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors"], ["TA_LoadVideo", "frame_load_cap", 4],
+        ["TA_LoadVideo", "custom_width", 64], ["TA_TrainAdapter", "seed", SEED],
+        ["TA_TrainAdapter", "frames_per_step", 2], ["TA_SaveAdapter", "filename_prefix", "browser_loss_curve"],
+        ["SaveImage", "filename_prefix", "browser/loss_curve"]])
     before = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     assert not before["history"] and before["background"] == 0
     assert not [t for t in before["texts"] if t.startswith("step ")]
