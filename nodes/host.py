@@ -164,14 +164,26 @@ def transformer_blocks(model):
 
 
 def _digest(h, value):
-    """Feed a weight patch (tensors, nested in tuples/lists, and plain values) into hash `h`: shapes and
-    the first 4096 values of each tensor."""
+    """Feed a weight patch into hash `h`, the same in every process: tensors by shape and their first 4096
+    values, containers item by item (sets and dicts in sorted order), functions by qualified name,
+    other objects (e.g. a newer host's weight adapters) by type and attributes, plain values by repr."""
     if isinstance(value, torch.Tensor):
         h.update(repr(tuple(value.shape)).encode())
         h.update(value.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     elif isinstance(value, (tuple, list)):
         for item in value:
             _digest(h, item)
+    elif isinstance(value, (set, frozenset)):
+        _digest(h, sorted(map(repr, value)))
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            h.update(repr(key).encode())
+            _digest(h, value[key])
+    elif callable(value) and hasattr(value, "__qualname__"):
+        h.update(value.__qualname__.encode())
+    elif hasattr(value, "__dict__"):
+        h.update(type(value).__qualname__.encode())
+        _digest(h, vars(value))
     else:
         h.update(repr(value).encode())
 

@@ -115,6 +115,24 @@ def test_matches_an_independent_alphas_cumprod_inversion(comfy_host, nodes_mod, 
     assert rel_error(noise["samples"].double(), expected) < 1e-4
 
 
+def test_model_fingerprint_tells_patch_values_and_prediction_apart(comfy_host):
+    """The fingerprint keys the inversion cache and the sampler's model check: equal for equal patches,
+    different for the same patch keys with other values and for a v-prediction patch."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    from temporal_adapter.nodes import host
+    model = load(comfy_host, "ta_tiny_sd15.safetensors")[0]
+    key, weight = next(iter(model.model_state_dict().items()))
+
+    def patched(scale):
+        clone = model.clone()
+        clone.add_patches({key: (weight * scale,)}, 1.0)
+        return host.model_fingerprint(clone)
+    assert patched(0.1) == patched(0.1) != patched(0.2) != host.model_fingerprint(model)
+    v_model = ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
+    assert host.model_fingerprint(v_model) != host.model_fingerprint(model)
+
+
 def sharpened_self_attention(model, factor):
     """A clone of `model` whose self-attention (attn1) q and k projections are `factor` times larger,
     through a weight patch (the host's add_patches "diff" form, as a LoRA is applied): the attention
