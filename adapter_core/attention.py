@@ -46,19 +46,6 @@ class TemporalAttn1Filter:
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def sdpa_attention(q, k, v, extra_options):
-    """Plain multi-head attention with torch's scaled_dot_product_attention, as an attn1/attn2
-    replace: projected q [B, N, H·d], k and v [B, M, H·d] -> [B, N, H·d], H = extra_options["n_heads"].
-    The same maths as the host's own attention functions; on CPU its fused kernel took 1.3 CPU-s for
-    forward + backward over 2 x 4,096 tokens, the host's default sub-quadratic attention there 3.5.
-    The fused kernels have no second derivative (see training.PlainGD)."""
-    heads = extra_options["n_heads"]
-    b, _, inner = q.shape
-    q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    return out.transpose(1, 2).reshape(b, -1, inner)
-
-
 def latent_bilateral(diameter=5, sigma_color=0.5, sigma_space=1.5):
     """A `latent_filter` for DDIM inversion: 2-D bilateral per channel on [B, C, H, W] latents.
 

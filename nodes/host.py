@@ -23,7 +23,6 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..adapter_core.attention import sdpa_attention
 from ..adapter_core.lora import TimestepWindow, lora_linear
 
 # Model families (ComfyUI's supported_models class names) whose UNet layout the method targets.
@@ -274,13 +273,14 @@ def preview_callback(model, total):
     return update
 
 
-def host_attention():
-    """The host's own attention as attend(q, k, v, extra_options) for an attn2 replace, with the keywords
-    its CrossAttention passes (attn_precision / transformer_options on newer hosts, none in 2024)."""
+def host_attention(name="optimized_attention"):
+    """The host's attention function `name` (its own choice by default; "attention_pytorch" is torch's
+    scaled_dot_product_attention) as attend(q, k, v, extra_options) for an attention replace, with the
+    keywords its CrossAttention passes (attn_precision / transformer_options on newer hosts, none in 2024)."""
     import inspect
 
     import comfy.ldm.modules.attention as attention
-    fn = attention.optimized_attention
+    fn = getattr(attention, name)
     params = inspect.signature(fn).parameters
     open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     precision = open_kw or "attn_precision" in params
@@ -595,7 +595,8 @@ class TrainingDenoiser:
 
     def __init__(self, model, adapter, feature_blocks):
         self.model, self.adapter, self.blocks = model, adapter, {tuple(b) for b in feature_blocks}
-        attend = {block: sdpa_attention for block in transformer_blocks(model)}
+        sdpa = host_attention("attention_pytorch")
+        attend = {block: sdpa for block in transformer_blocks(model)}
         self.replace = {"attn1": attend, "attn2": dict(attend)}
         self.unet = None
         self.shimmed = 0
