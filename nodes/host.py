@@ -237,7 +237,8 @@ def patched_sampler(sampler_fn, patches, options=None, attn1_extension=None):
         transformer_options["patches"] = merged
         if attn1_extension is not None:
             extend, blocks = attn1_extension
-            transformer_options = _wrap_replaces(transformer_options, "attn1", blocks, _extending(extend))
+            transformer_options = _wrap_replaces(transformer_options, "attn1", blocks, _extending(extend),
+                                                 long_key_attention())
         model_options["transformer_options"] = transformer_options
         extra_args["model_options"] = model_options
         return sampler_fn(model, x, sigmas, extra_args, callback, disable, **kwargs)
@@ -294,13 +295,26 @@ def host_attention(name="optimized_attention"):
     return attend
 
 
-def _wrap_replaces(transformer_options, kind, blocks, wrap):
+def long_key_attention():
+    """attend(q, k, v, extra_options) for attention whose keys are several times longer than usual
+    (keyframe attention: (1 + K)·N keys per query). The host's own function, except for CPU tensors:
+    there the host's default (sub-quadratic attention, or split) computes the full score matrix in
+    chunks and took 3-4× the time of torch's fused SDPA kernel for the same shapes (benchmarks/
+    README.md), while SDPA (the host's own `attention_pytorch`) works in blocks and never holds it."""
+    host, sdpa = host_attention(), host_attention("attention_pytorch")
+
+    def attend(q, k, v, extra_options):
+        return (sdpa if q.device.type == "cpu" else host)(q, k, v, extra_options)
+    return attend
+
+
+def _wrap_replaces(transformer_options, kind, blocks, wrap, attend=None):
     """A copy of `transformer_options` whose `kind` ("attn1"/"attn2") replace for each block in `blocks`
-    ([("output", 4), ...]) is wrap(attend): attend(q, k, v, extra_options) being the replace already
-    there for that block (per transformer index too), else the host's own attention."""
+    ([("output", 4), ...]) is wrap(replace): `replace` being the replace already there for that block
+    (per transformer index too), else `attend` (default: the host's own attention)."""
     replaces = dict(transformer_options.get("patches_replace") or {})
     existing = dict(replaces.get(kind) or {})
-    attend = host_attention()
+    attend = attend or host_attention()
     for name, number in blocks:
         for key in [key for key in existing if tuple(key[:2]) == (name, number) and len(key) == 3]:
             existing[key] = wrap(existing[key])
@@ -309,10 +323,10 @@ def _wrap_replaces(transformer_options, kind, blocks, wrap):
     return {**transformer_options, "patches_replace": replaces}
 
 
-def _with_replaces(model, kind, blocks, wrap):
+def _with_replaces(model, kind, blocks, wrap, attend=None):
     clone = model.clone()
     options = clone.model_options
-    options["transformer_options"] = _wrap_replaces(options.get("transformer_options", {}), kind, blocks, wrap)
+    options["transformer_options"] = _wrap_replaces(options.get("transformer_options", {}), kind, blocks, wrap, attend)
     return clone
 
 
@@ -328,9 +342,10 @@ def _extending(extend):
 
 def with_attn1_extension(model, extend, blocks=None):
     """A clone of `model` whose self-attention (attn1) in `blocks` (None: every attention block) attends
-    to keys/values extended by extend(k, v, extra_options) (projected [B, N, C] each), composing with
-    any attn1 replace already on the model (the input model is untouched)."""
-    return _with_replaces(model, "attn1", transformer_blocks(model) if blocks is None else blocks, _extending(extend))
+    to keys/values extended by extend(k, v, extra_options) (projected [B, N, C] each), computed by any
+    attn1 replace already on the model, else by `long_key_attention` (the input model is untouched)."""
+    return _with_replaces(model, "attn1", transformer_blocks(model) if blocks is None else blocks, _extending(extend),
+                          long_key_attention())
 
 
 def with_attn2_capture(model, blocks, record):

@@ -94,13 +94,23 @@ def test_smoothing_mechanisms_raise_adjacent_cosine(mods, setup, switch):
     assert c_on > c_off
 
 
-def test_keyframe_attention_equals_extending_the_attention_inputs(mods, setup):
+def test_keyframe_attention_equals_extending_the_attention_inputs(mods, setup, monkeypatch):
     """Keyframe attention appends the keyframes' projected keys/values; an independent reference appends
-    the keyframe rows' attn1 INPUTS before the projections (an attn1 patch, per CFG half): the projections
-    act per token, so both must give the same edit. Also: an attn1 replace already on the model keeps
-    acting (ours calls it with the extended keys/values)."""
+    the keyframe rows' attn1 INPUTS before the projections (an attn1 patch, per CFG half) and runs the
+    host's own attention: the projections act per token, so both must give the same edit. On CPU ours
+    runs the host's torch SDPA function (`host.long_key_attention`) on the 4x longer keys. Also: an attn1
+    replace already on the model keeps acting (ours calls it with the extended keys/values)."""
+    import functools
+
+    import comfy.ldm.modules.attention as attention
     model, _, prompt, negative, _, _, _, inv = setup
     rows = mods[1].keyframe_indices(FRAMES, 3, 0)
+    sdpa, sdpa_keys = attention.attention_pytorch, []
+
+    @functools.wraps(sdpa)
+    def counting_sdpa(q, k, v, *args, **kwargs):
+        sdpa_keys.append(k.shape[1] // q.shape[1])
+        return sdpa(q, k, v, *args, **kwargs)
 
     def reference(n, context, value, extra_options):
         def extend(t):
@@ -110,8 +120,12 @@ def test_keyframe_attention_equals_extending_the_attention_inputs(mods, setup):
     patched = model.clone()
     patched.set_model_attn1_patch(reference)
     expected, _ = sample(mods, patched, prompt, negative, inv, cfg=4.0)
-    ours, report = edit_run(mods, setup, keyframe_attention=True)
+    assert attention.optimized_attention is not sdpa  # the reference ran the host's CPU default
+    monkeypatch.setattr(attention, "attention_pytorch", counting_sdpa)
+    ours, report = sample(mods, model, prompt, negative, inv, cfg=4.0, keyframe_attention=True)
+    monkeypatch.undo()
     assert f"keyframe attention: on (frames {rows})" in report
+    assert len(sdpa_keys) == 3 * STEPS and set(sdpa_keys) == {4}  # 3 attention blocks, one batched call per step
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
     seen = []
