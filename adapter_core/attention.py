@@ -15,7 +15,17 @@ def split_chunks(n, extra_options):
     return n.chunk(len(extra_options.get("cond_or_uncond", [0])))
 
 
-class TemporalAttn1Filter:
+class SharedPatch:
+    """Base of the patch objects that hold state the sampler sets per run (rows, mode, skip, ...). A host
+    may deep-copy a model's options whenever it clones the model (the 2024 host does; newer ones copy
+    the lists only), and a copy, made by any later clone, would no longer see that state: deep copies of
+    these objects are the object itself, so every clone shares it, as on newer hosts."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class TemporalAttn1Filter(SharedPatch):
     """attn1 output patch: bilateral filter along frames, separately within each batch chunk.
 
     blocks: set of block ids like ("output", 9) to filter; other blocks pass through.
@@ -107,7 +117,7 @@ def _repeat_chunks(stored, chunks):
     return stored.repeat(chunks, *([1] * (stored.ndim - 1))) if chunks > 1 else stored
 
 
-class KeyframeAttention:
+class KeyframeAttention(SharedPatch):
     """Extended self-attention (method.md §4), applied after the attn1 projections: within each batch
     chunk (CFG half), every row's keys/values [N, C] get the keyframe rows' projected keys/values
     [K·N, C] appended, so each frame also attends to the keyframes. Appending after the projections
@@ -143,7 +153,53 @@ class KeyframeAttention:
         return out.view(-1, out.shape[2], channels)
 
 
-class SourceInjection:
+def chunk_options(extra_options, flags):
+    """A copy of `extra_options` for a call over only the batch chunks whose cond/uncond flags are
+    `flags` (the "cond_or_uncond" entry narrowed to them)."""
+    return {**extra_options, "cond_or_uncond": list(flags)}
+
+
+class ContextTokens(SharedPatch):
+    """The adapter's tokens in cross-attention (method.md §3) for the cond chunks only, the CONDITIONING
+    itself unchanged: the host then still runs the cond and uncond halves as one batch (a positive
+    prompt longer than the negative would make it run them one after the other).
+
+    `prepend` (an attn2 patch, before the projections) puts the tokens [T, S + U, W] in front of every
+    chunk's context [T, L, W]; `wrap(attend)` (around the attn2 attention, after the projections) drops
+    their keys/values again from uncond chunks. A cond chunk thus attends to exactly the [S + U + L]
+    context that prepending the tokens to the positive prompt gives; an uncond chunk to its own L.
+    tokens: [F, S + U, W], one row per clip frame; rows: the clip frame of each batch row within a chunk
+    (set by the sampler per run; None: all F frames in order).
+    """
+
+    def __init__(self, tokens):
+        self.tokens, self.rows = tokens, None
+
+    def prepend(self, n, context, value, extra_options):
+        chunks = len(extra_options.get("cond_or_uncond", [0]))
+        tokens = self.tokens if self.rows is None else self.tokens[list(self.rows)]
+        tokens = _repeat_chunks(tokens, chunks).to(context)
+        if tokens.shape[0] != context.shape[0]:
+            raise RuntimeError(f"adapter tokens: {tokens.shape[0]} token rows for a batch of {context.shape[0]}")
+        return n, torch.cat([tokens, context], 1), torch.cat([tokens.to(value), value], 1)
+
+    def wrap(self, attend):
+        """attend(q, k, v, extra_options) -> the same with the tokens' keys/values dropped for uncond chunks."""
+        count = self.tokens.shape[1]
+
+        def replace(q, k, v, extra_options):
+            flags = list(extra_options.get("cond_or_uncond", [0]))
+            if 1 not in flags:
+                return attend(q, k, v, extra_options)
+            out = []
+            for flag, qc, kc, vc in zip(flags, q.chunk(len(flags)), k.chunk(len(flags)), v.chunk(len(flags))):
+                skip = count if flag == 1 else 0
+                out.append(attend(qc, kc[:, skip:], vc[:, skip:], chunk_options(extra_options, [flag])))
+            return torch.cat(out)
+        return replace
+
+
+class SourceInjection(SharedPatch):
     """Plug-and-play source-feature injection (method.md §4), as an attn1 patch and an output-block
     patch. The sampler runs a source pass (`mode` "record": the source latent of the same frames at
     the same σ) and then the edit pass (`mode` "inject"), whose every batch chunk gets:

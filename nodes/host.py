@@ -548,6 +548,15 @@ def adapter_model(model, adapter):
     return clone
 
 
+def with_context_tokens(model, tokens):
+    """A clone of `model` whose cross-attention gives the cond chunks the adapter's tokens
+    (`adapter_core.attention.ContextTokens`, installed as an attn2 patch and around every attn2 replace
+    already on the model, else the host's attention); the input model is untouched."""
+    clone = _with_replaces(model, "attn2", transformer_blocks(model), tokens.wrap)
+    clone.set_model_attn2_patch(tokens.prepend)
+    return clone
+
+
 def adapter_conditioning(conditioning, adapter, frames):
     """CONDITIONING with the adapter's tokens prepended per frame: every entry becomes
     [frames, S + U + L, width] (a one-prompt entry is repeated per frame; extras are kept)."""

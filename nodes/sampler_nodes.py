@@ -7,8 +7,8 @@ import torch
 
 from ..adapter_core import ddim
 from ..adapter_core.adapter import TYPE_NAME
-from ..adapter_core.attention import (KeyframeAttention, SourceInjection, TemporalAttn1Filter, auto_blocks,
-                                      keyframe_indices)
+from ..adapter_core.attention import (ContextTokens, KeyframeAttention, SourceInjection, TemporalAttn1Filter,
+                                      auto_blocks, keyframe_indices)
 from ..adapter_core.chunking import run_blended
 from ..adapter_core.sampling import PNP_FRACTIONS, StepCosine, plan_runs, sample_consistent
 from . import host
@@ -127,10 +127,12 @@ class ConsistencySampler:
         if inject_source and inversion is None:
             notes.append("source injection skipped: it needs an INVERSION")
             inject_source = False
-        edit_model = model
+        edit_model, tokens = model, None
         if use_adapter and adapter is not None:
-            positive = host.adapter_conditioning(positive, adapter, frames)
+            # Tokens through cross-attention, not the positive prompt: the CFG halves stay one batch.
             edit_model = host.adapter_model(model, adapter)
+            tokens = ContextTokens(adapter.context_tokens(frames))
+            edit_model = host.with_context_tokens(edit_model, tokens)
         keys = keyframe_indices(frames, keyframes, keyframe_stride) if keyframe_attention else ()
         runs = plan_runs(frames, frames_per_chunk, chunk_overlap, keys)
         patches = self._patches(model, inversion, temporal_filter, keyframe_attention, inject_source)
@@ -151,6 +153,8 @@ class ConsistencySampler:
                 patches["filter"].skip = run.extra
             if patches["keyframes"] is not None:
                 patches["keyframes"].rows = list(run.key_rows)
+            if tokens is not None:
+                tokens.rows = list(run.rows)
             if inject_source:
                 options = {"injection": patches["injection"],
                            "source": dataclasses.replace(inversion, trajectory=inversion.trajectory[:, list(run.rows)]),

@@ -179,6 +179,55 @@ def test_adapter_tokens_and_lora_reach_the_unet(mods, setup):
     assert torch.equal(off, edit_run(mods, setup)[0]) and not torch.allclose(on, off)
 
 
+@pytest.mark.parametrize("chunking", [{}, dict(frames_per_chunk=4, chunk_overlap=2, keyframe_attention=True)],
+                         ids=["one chunk", "chunks with keyframe rows"])
+def test_adapter_tokens_in_cross_attention_equal_prepending_them(mods, setup, monkeypatch, chunking):
+    """The sampler gives the adapter's tokens to the cond half inside cross-attention, so each step is one
+    UNet call on both CFG halves. The edit must equal the one from the tokens prepended to the positive
+    prompt (`host.adapter_conditioning`, as the trainer and Apply Adapter do), which the host runs as
+    two calls per step (prompts of different lengths are not batched); also per chunk, where every run
+    carries extra keyframe rows whose tokens are those of the keyframes' frames."""
+    from temporal_adapter.nodes import host
+    model, _, prompt, negative, _, _, _, inv = setup
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    unet, batches = model.model.diffusion_model, []
+    forward = unet.forward
+
+    def counting(x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return forward(x, *args, **kwargs)
+    monkeypatch.setattr(unet, "forward", counting)
+    ours, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, adapter=adapter, use_adapter=True, **chunking)
+    ours_batches, batches[:] = list(batches), []
+    expected, _ = sample(mods, host.adapter_model(model, adapter), host.adapter_conditioning(prompt, adapter, FRAMES),
+                         negative, inv, cfg=4.0, **chunking)
+    runs = 1 if not chunking else 2
+    assert len(ours_batches) == runs * STEPS and len(batches) == 2 * runs * STEPS
+    assert sum(ours_batches) == sum(batches)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_run_state_reaches_the_model_the_host_samples(mods, setup, monkeypatch):
+    """Every mechanism on, in chunks with extra keyframe rows: the sampler sets per-run state on its patch
+    objects (filter rows to skip, keyframe rows, token rows, injection mode) after installing them on
+    model clones, and the 2024 host deep-copies a model's options at every clone. The state must reach
+    the patches the UNet calls: the filter sees only each chunk's own 4 rows, never the 3 extra keyframe
+    rows, and the edit pass really injects (regression: both were silently lost once keyframe attention
+    added a clone after them)."""
+    import temporal_adapter.adapter_core.attention as attention
+    from temporal_adapter.nodes import host
+    model, _, prompt, negative, _, _, _, inv = setup
+    filtered, injected = [], []
+    bilateral, swap = attention.temporal_bilateral, attention.SourceInjection._swap
+    monkeypatch.setattr(attention, "temporal_bilateral", lambda x, *a: filtered.append(x.shape[0]) or bilateral(x, *a))
+    monkeypatch.setattr(attention.SourceInjection, "_swap",
+                        lambda self, key, x, chunks: injected.append(self.mode) or swap(self, key, x, chunks))
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    sample(mods, model, prompt, negative, inv, cfg=4.0, adapter=adapter, frames_per_chunk=4, chunk_overlap=2, **ALL_ON)
+    assert filtered and set(filtered) == {4}
+    assert "record" in injected and "inject" in injected
+
+
 def test_incoming_model_untouched_and_upstream_patches_kept(comfy_host, mods, setup):
     model, source, edit, negative, _, latent, _, inv = setup
     nodes = comfy_host.nodes

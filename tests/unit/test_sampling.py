@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from temporal_adapter.adapter_core import ddim
-from temporal_adapter.adapter_core.attention import (KeyframeAttention, SourceInjection, SourceRecorded,
-                                                     TemporalAttn1Filter, auto_blocks, keyframe_indices)
+from temporal_adapter.adapter_core.attention import (ContextTokens, KeyframeAttention, SourceInjection,
+                                                     SourceRecorded, TemporalAttn1Filter, auto_blocks,
+                                                     keyframe_indices)
 from temporal_adapter.adapter_core.chunking import blend_weights, overlap_plan, run_blended
 from temporal_adapter.adapter_core.inversion import Inversion
 from temporal_adapter.adapter_core.sampling import StepCosine, plan_runs, sample_consistent
@@ -65,6 +66,28 @@ def test_keyframe_attention_appends_the_keyframe_tokens_per_cfg_chunk():
     patch.rows = [2]
     assert torch.equal(patch.extend(k, v, options)[0][1, 7:], k[2])
     assert KeyframeAttention(blocks=[("output", 9)]).extend(k, v, options)[0] is k
+
+
+def test_context_tokens_reach_the_cond_chunk_only():
+    """Cond chunks attend to [tokens of their frames; prompt], uncond chunks to their prompt alone, within
+    one batched call (uncond first here, as the host orders its chunks)."""
+    import copy
+    frames, count, length, width = 3, 2, 5, 8
+    tokens, context = torch.randn(frames, count, width), torch.randn(2 * frames, length, width)
+    q = torch.randn(2 * frames, 4, width)
+    options = {"cond_or_uncond": [1, 0]}
+    patch = ContextTokens(tokens)
+    patch.rows = [2, 0, 1]
+    _, ctx, value = patch.prepend(q, context, context, options)
+    assert ctx.shape == value.shape == (2 * frames, count + length, width)
+
+    def attend(q, k, v, extra_options):
+        return torch.softmax(q @ k.transpose(1, 2), -1) @ v
+    out = patch.wrap(attend)(q, ctx, value, options)
+    cond_context = torch.cat([tokens[[2, 0, 1]], context[frames:]], 1)
+    torch.testing.assert_close(out[:frames], attend(q[:frames], context[:frames], context[:frames], {}))
+    torch.testing.assert_close(out[frames:], attend(q[frames:], cond_context, cond_context, {}))
+    assert copy.deepcopy({"patch": [patch.prepend]})["patch"][0].__self__ is patch  # clones share run state
 
 
 def test_source_injection_records_then_injects_in_every_chunk():
