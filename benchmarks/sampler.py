@@ -11,8 +11,10 @@
 3. memory: the sampler over 32 and 128 frames in chunks of 16 (overlap 4, all mechanisms but the
    adapter on), each in a fresh subprocess: peak resident set size during sampling (sampled every
    millisecond) minus the resident size just before it.
+4. attention (only when asked): keyframe attention's kernel on CPU, the host's own attention function
+   vs torch SDPA on plain and keyframe-extended keys (time and peak memory of one call).
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/sampler.py [--part table|timing|memory|all]
+Run from the repo root:  .cache/venv/bin/python benchmarks/sampler.py [--part table|timing|memory|attention|all]
 """
 import argparse
 import json
@@ -26,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from common import CHECKPOINTS, PeakRSS, import_host
+from common import CHECKPOINTS, PeakRSS, import_host, seconds
 
 CLIPS = os.path.join(os.path.dirname(CHECKPOINTS), "..", "clips")
 SOURCE, EDIT = "people riding bikes on a street", "people riding horses on a street, oil painting"
@@ -151,6 +153,36 @@ def timing(s):
         print(f"| {name} | {t:.2f} | {t / base:.3f}x | {outside:.1%} |")
 
 
+def attention_kernels(args):
+    """Keyframe attention's kernel on CPU: the host's own attention function against torch SDPA (the host's
+    `attention_pytorch`, which `host.long_key_attention` runs on CPU) for one frame's CFG pair at one UNet
+    level: `--kernel-tokens` query tokens, 320 channels, 8 heads (SD1.5's top level), keys 1x (plain
+    self-attention) and 4x (3 keyframes). Median time, and the resident memory one call adds at its peak."""
+    import gc
+
+    import psutil
+    import_host(host_args=args.host_args.split())
+    import comfy.ldm.modules.attention as attention
+    from temporal_adapter.nodes import host
+    kernels = {f"host ({attention.optimized_attention.__name__})": host.host_attention(),
+               "torch SDPA (attention_pytorch)": host.host_attention("attention_pytorch")}
+    g, tokens, options = torch.Generator().manual_seed(0), args.kernel_tokens, {"n_heads": 8}
+    q = torch.randn(2, tokens, 320, generator=g)
+    print(f"\nattention kernels: batch 2 (one frame, CFG), {tokens} query tokens, 320 channels, 8 heads, "
+          f"{torch.get_num_threads()} thread(s), median of {args.repeats}")
+    print("| keys | kernel | ms per call | peak added (MiB) |\n| --- | --- | --- | --- |")
+    for keys in (tokens, 4 * tokens):
+        k, v = torch.randn(2, 2, keys, 320, generator=g)
+        for name, attend in kernels.items():
+            with torch.inference_mode():
+                ms = seconds(lambda: attend(q, k, v, options), args.repeats) * 1000
+                gc.collect()
+                before = psutil.Process().memory_info().rss
+                with PeakRSS() as peak:
+                    attend(q, k, v, options)
+            print(f"| {keys} | {name} | {ms:.1f} | {(peak.peak - before) / 2**20:.0f} |")
+
+
 def memory_child(s, count):
     """Sample `count` frames from a synthetic inversion (random trajectory: memory does not depend on
     the values) and print the resident set size before and at peak, as JSON."""
@@ -192,7 +224,7 @@ def memory(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", default="all", choices=["all", "table", "timing", "memory", "memory-child"])
+    parser.add_argument("--part", default="all", choices=["all", "table", "timing", "memory", "memory-child", "attention"])
     parser.add_argument("--checkpoint", default="ta_tiny_sd15.safetensors")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--timing-frames", type=int, default=8)
@@ -202,6 +234,7 @@ def main():
     parser.add_argument("--adapter-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--kernel-tokens", type=int, default=1024, help="query tokens for --part attention")
     parser.add_argument("--host-args", default="", help='extra host flags, e.g. "--use-pytorch-cross-attention" '
                         "(the host's attention on CPU is otherwise sub-quadratic attention)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); one thread "
@@ -211,6 +244,8 @@ def main():
         torch.set_num_threads(args.threads)
     if args.part == "memory":
         return memory(args)
+    if args.part == "attention":
+        return attention_kernels(args)
     s = Setup(args)
     if args.part == "memory-child":
         return memory_child(s, args.count)
