@@ -181,6 +181,7 @@ class ContextTokens(SharedPatch):
         tokens = _repeat_chunks(tokens, chunks).to(context)
         if tokens.shape[0] != context.shape[0]:
             raise RuntimeError(f"adapter tokens: {tokens.shape[0]} token rows for a batch of {context.shape[0]}")
+        value = context if value is None else value
         return n, torch.cat([tokens, context], 1), torch.cat([tokens.to(value), value], 1)
 
     def wrap(self, attend):
