@@ -153,12 +153,6 @@ class KeyframeAttention(SharedPatch):
         return out.view(-1, out.shape[2], channels)
 
 
-def chunk_options(extra_options, flags):
-    """A copy of `extra_options` for a call over only the batch chunks whose cond/uncond flags are
-    `flags` (the "cond_or_uncond" entry narrowed to them)."""
-    return {**extra_options, "cond_or_uncond": list(flags)}
-
-
 class ContextTokens(SharedPatch):
     """The adapter's tokens in cross-attention (method.md §3) for the cond chunks only, the CONDITIONING
     itself unchanged: the host then still runs the cond and uncond halves as one batch (a positive
@@ -195,7 +189,7 @@ class ContextTokens(SharedPatch):
             out = []
             for flag, qc, kc, vc in zip(flags, q.chunk(len(flags)), k.chunk(len(flags)), v.chunk(len(flags))):
                 skip = count if flag == 1 else 0
-                out.append(attend(qc, kc[:, skip:], vc[:, skip:], chunk_options(extra_options, [flag])))
+                out.append(attend(qc, kc[:, skip:], vc[:, skip:], {**extra_options, "cond_or_uncond": [flag]}))
             return torch.cat(out)
         return replace
 

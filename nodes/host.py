@@ -298,10 +298,9 @@ def host_attention(name="optimized_attention"):
 def long_key_attention():
     """attend(q, k, v, extra_options) for attention whose keys are several times longer than usual
     (keyframe attention: (1 + K)·N keys per query). The host's own function, except for CPU tensors:
-    there the host's default (sub-quadratic attention, or split) builds score matrices and took 3.5-4.3×
-    the time of torch's fused SDPA kernel for the same shapes, and up to 519 MiB more memory
-    (`benchmarks/sampler.py --part attention`), while SDPA (the host's own `attention_pytorch`) works in
-    blocks and holds no score matrix."""
+    there the host's default (sub-quadratic attention, or split) builds score matrices, while torch's
+    fused SDPA kernel (the host's own `attention_pytorch`) works in blocks and holds none; measured by
+    `benchmarks/sampler.py --part attention`."""
     host, sdpa = host_attention(), host_attention("attention_pytorch")
 
     def attend(q, k, v, extra_options):
