@@ -195,28 +195,60 @@ class ContextTokens(SharedPatch):
 
 
 class SourceInjection(SharedPatch):
-    """Plug-and-play source-feature injection (method.md §4), as an attn1 patch and an output-block
-    patch. The sampler runs a source pass (`mode` "record": the source latent of the same frames at
-    the same σ) and then the edit pass (`mode` "inject"), whose every batch chunk gets:
+    """Plug-and-play source-feature injection (method.md §4), as UNet patches. The sampler runs a
+    source pass (`mode` "record": the source latent of the same frames at the same σ) and then the
+    edit pass (`mode` "inject"), whose every batch chunk gets:
     - attention blocks (`attention` on): the source's attn1 input as query and key, the edit's own
       value (the edit keeps the source's self-attention map);
     - feature blocks (`features` on): the source's hidden features entering the output block.
     `mode` None passes everything through. `store` holds one step's source tensors.
-    A source pass ends early: once every tensor the step injects is recorded, the output-block patch
-    raises `SourceRecorded` (the caller catches it), so the decoder blocks after the last injected
-    one, which the edit never reads from the source, are not run.
+    attention_blocks, feature_blocks: block ids (feature blocks are output blocks);
+    input_blocks: the UNet's number of input blocks (output block j reads the skip of input block
+        input_blocks - 1 - j);
+    depths: transformer layers per attention block ({block: count}, 1 where missing).
+
+    Work nobody reads is not done:
+    - with features on, the edit's hidden state entering the first feature block is replaced, so
+      the blocks that only feed it (`unread`: later input blocks, the middle block, earlier output
+      blocks) cannot change the edit: no source attention is recorded or injected there, and with
+      `shrink_unread` set (the sampler sets it when no other patch or control reaches inside the
+      UNet) the edit pass runs them on a 1x1 latent (`input_block`, an after-skip input block patch);
+    - a source pass ends as soon as it has recorded every tensor the step injects (`needed`): the
+      patch raises `SourceRecorded` (the caller catches it), so the rest of the UNet is not run.
     """
 
-    def __init__(self, attention_blocks, feature_blocks):
+    def __init__(self, attention_blocks, feature_blocks, input_blocks, depths=None):
         self.attention_blocks = {tuple(b) for b in attention_blocks}
         self.feature_blocks = {tuple(b) for b in feature_blocks}
+        self.depths = {tuple(b): d for b, d in (depths or {}).items()}
+        self.first_feature = min((number for _, number in self.feature_blocks), default=None)
+        self.last_read_input = None if self.first_feature is None else input_blocks - 1 - self.first_feature
+        self.shrink_unread = False
         self.mode = None
         self.attention = self.features = False
         self.store = {}
 
+    def unread(self, block):
+        """Whether, in this step, the edit's output does not depend on what `block` computes."""
+        if not self.features or self.first_feature is None:
+            return False
+        kind, number = block
+        return (kind == "middle" or (kind == "output" and number < self.first_feature)
+                or (kind == "input" and number > self.last_read_input))
+
+    def needed(self):
+        """The store keys this step's switches inject."""
+        keys = {("features", *b) for b in self.feature_blocks} if self.features else set()
+        if self.attention:
+            keys |= {("attn1", *b, i) for b in self.attention_blocks if not self.unread(b)
+                     for i in range(self.depths.get(b, 1))}
+        return keys
+
     def _swap(self, key, x, chunks):
         if self.mode == "record":
             self.store[key] = x
+            if self.needed() <= self.store.keys():
+                raise SourceRecorded
             return x
         stored = self.store[key]
         if stored.shape[0] * chunks != x.shape[0]:
@@ -226,27 +258,26 @@ class SourceInjection(SharedPatch):
 
     def attn1(self, n, context, value, extra_options):
         block = tuple(extra_options.get("block") or ())
-        if self.mode is None or not self.attention or block not in self.attention_blocks:
+        if self.mode is None or not self.attention or block not in self.attention_blocks or self.unread(block):
             return n, context, value
         chunks = len(extra_options.get("cond_or_uncond", [0]))
         source = self._swap(("attn1", *block, extra_options.get("block_index", 0)), n, chunks)
         return source, source, n if value is None else value
 
-    def stop_block(self):
-        """The first output block the source pass need not enter for this step's switches: after the last
-        feature block (recorded on entry) and after the last output block with injected attention."""
-        ends = [number for kind, number in self.feature_blocks if kind == "output"] if self.features else []
-        if self.attention:
-            ends += [number + 1 if kind == "output" else 0 for kind, number in self.attention_blocks]
-        return max(ends, default=0)
-
     def output_block(self, h, hsp, transformer_options):
         block = tuple(transformer_options.get("block") or ())
         if self.mode is not None and self.features and block in self.feature_blocks:
             h = self._swap(("features", *block), h, len(transformer_options.get("cond_or_uncond", [0])))
-        if self.mode == "record" and block[:1] == ("output",) and block[1] >= self.stop_block():
-            raise SourceRecorded
         return h, hsp
+
+    def input_block(self, h, transformer_options):
+        """After-skip input block patch: in an edit pass with `shrink_unread`, the hidden state [B, C, H, W]
+        leaving the last input block read by a feature block becomes its [B, C, 1, 1] corner (the batch
+        stays, so the timestep embedding still adds; its skip was already stored at full size)."""
+        if (self.mode == "inject" and self.shrink_unread and self.features and self.first_feature is not None
+                and tuple(transformer_options.get("block") or ()) == ("input", self.last_read_input)):
+            return h[:, :, :1, :1]
+        return h
 
 
 class SourceRecorded(Exception):

@@ -151,14 +151,20 @@ def model_sigmas(model):
 
 def transformer_blocks(model):
     """Blocks of the UNet that hold transformer (attention) layers, as ("input"|"middle"|"output", i)."""
+    return list(transformer_depths(model))
+
+
+def transformer_depths(model):
+    """{block id: number of transformer layers in it} for the blocks of `transformer_blocks`, in UNet order."""
     unet = model.model.diffusion_model
-    found = []
+    found = {}
     groups = [("input", unet.input_blocks), ("middle", [unet.middle_block] if unet.middle_block is not None else []),
               ("output", unet.output_blocks)]
     for name, blocks in groups:
         for i, block in enumerate(blocks):
-            if any(type(m).__name__ == "SpatialTransformer" for m in block.modules()):
-                found.append((name, i))
+            depth = sum(len(m.transformer_blocks) for m in block.modules() if type(m).__name__ == "SpatialTransformer")
+            if depth:
+                found[(name, i)] = depth
     return found
 
 
@@ -211,7 +217,7 @@ def with_attn1_output_patch(model, patch):
     return clone
 
 
-def with_patches(model, attn1=(), attn1_output=(), output_block=()):
+def with_patches(model, attn1=(), attn1_output=(), output_block=(), input_block_after_skip=()):
     """A clone of `model` with these patches added after any already there (the input is untouched)."""
     clone = model.clone()
     for patch in attn1:
@@ -220,7 +226,26 @@ def with_patches(model, attn1=(), attn1_output=(), output_block=()):
         clone.set_model_attn1_output_patch(patch)
     for patch in output_block:
         clone.set_model_output_block_patch(patch)
+    for patch in input_block_after_skip:
+        clone.set_model_patch(patch, "input_block_patch_after_skip")
     return clone
+
+
+def reaches_inside_unet(model, *conditionings):
+    """Whether anything besides our own patches may act inside the UNet's blocks: patches, replaces or
+    wrappers already on `model`, or control (ControlNet, T2I) or GLIGEN in the conditionings. Used to
+    keep every block at full size for them (they may expect it)."""
+    transformer_options = model.model_options.get("transformer_options", {})
+    if any(transformer_options.get(k) for k in ("patches", "patches_replace", "wrappers")):
+        return True
+    if model.model_options.get("model_function_wrapper") is not None:
+        return True
+    return any("control" in extra or "gligen" in extra for cond in conditionings for _, extra in cond)
+
+
+def input_block_count(model):
+    """How many input blocks the model's UNet has (output block j reads the skip of input block count - 1 - j)."""
+    return len(model.model.diffusion_model.input_blocks)
 
 
 def patched_sampler(sampler_fn, patches, options=None, attn1_extension=None):

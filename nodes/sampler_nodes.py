@@ -136,8 +136,14 @@ class ConsistencySampler:
         keys = keyframe_indices(frames, keyframes, keyframe_stride) if keyframe_attention else ()
         runs = plan_runs(frames, frames_per_chunk, chunk_overlap, keys)
         patches = self._patches(model, inversion, temporal_filter, keyframe_attention, inject_source)
+        if inject_source:
+            patches["injection"].shrink_unread = not host.reaches_inside_unet(model, positive, negative)
+            if not patches["injection"].shrink_unread:
+                notes.append("source injection: other patches or control act inside the UNet, so the blocks whose "
+                             "output feature injection replaces still run at full size (same edit, slower)")
         edit_model = host.with_patches(edit_model, attn1=patches["attn1"], attn1_output=patches["attn1_output"],
-                                       output_block=patches["output_block"])
+                                       output_block=patches["output_block"],
+                                       input_block_after_skip=patches["input_block_after_skip"])
         source_model = host.with_patches(model, attn1=patches["attn1"], attn1_output=patches["attn1_output"],
                                          output_block=patches["output_block"]) if inject_source else None
         if patches["keyframes"] is not None:
@@ -181,14 +187,16 @@ class ConsistencySampler:
 
     @staticmethod
     def _patches(model, inversion, temporal_filter, keyframe_attention, inject_source):
-        available = host.transformer_blocks(model)
-        injection = (SourceInjection(auto_blocks(available, INJECT_ATTENTION_BLOCKS),
-                                     auto_blocks(available, INJECT_FEATURE_BLOCKS)) if inject_source else None)
+        depths = host.transformer_depths(model)
+        injection = (SourceInjection(auto_blocks(depths, INJECT_ATTENTION_BLOCKS),
+                                     auto_blocks(depths, INJECT_FEATURE_BLOCKS), host.input_block_count(model),
+                                     depths) if inject_source else None)
         keyframes = KeyframeAttention() if keyframe_attention else None
         filt = _filter(model, inversion.settings if inversion is not None else {}) if temporal_filter else None
         return {"injection": injection, "keyframes": keyframes, "filter": filt,
                 "attn1": [injection.attn1] if injection else [],
-                "attn1_output": [filt] if filt else [], "output_block": [injection.output_block] if injection else []}
+                "attn1_output": [filt] if filt else [], "output_block": [injection.output_block] if injection else [],
+                "input_block_after_skip": [injection.input_block] if injection else []}
 
     @staticmethod
     def _report(frames, runs, keys, adapter, patches, inject, fractions, cosines, notes):

@@ -153,18 +153,58 @@ def test_source_injection_keeps_the_source_structure(mods, setup):
 
 
 def test_source_passes_that_stop_early_change_nothing(mods, setup, monkeypatch):
-    """Steps injecting only features end their source pass on entering the feature block; the edit must be
-    bit-identical to one whose source passes run the whole UNet."""
+    """A source pass ends once it has recorded what its step injects (attention steps: at the tiny model's
+    last attn1 input; feature steps: on entering its feature block); the edit must be bit-identical to
+    one whose source passes run the whole UNet."""
     from temporal_adapter.adapter_core.attention import SourceInjection
     stops = []
-    stop_block = SourceInjection.stop_block
-    monkeypatch.setattr(SourceInjection, "stop_block", lambda self: stops.append(stop_block(self)) or stops[-1])
+    needed = SourceInjection.needed
+
+    def counted(self):
+        keys = needed(self)
+        if keys <= self.store.keys():
+            stops.append(list(self.store)[-1])  # the key whose record ends the pass
+        return keys
+    monkeypatch.setattr(SourceInjection, "needed", counted)
     model, _, prompt, negative, _, _, _, inv = setup
     early, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, inject_source=True, feature_fraction=1.0)
-    monkeypatch.setattr(SourceInjection, "stop_block", lambda self: 99)
+    assert set(stops) == {("attn1", "output", 1, 0), ("features", "output", 1)}
+    monkeypatch.setattr(SourceInjection, "needed", lambda self: {"never recorded"})
     full, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, inject_source=True, feature_fraction=1.0)
-    assert 1 in stops  # the tiny model's feature block is output 1: passes past the attention steps stop there
     assert torch.equal(early, full)
+
+
+def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup, monkeypatch):
+    """Feature steps replace the hidden state entering output 1 (the tiny model's feature block), so the edit
+    pass runs input 1, the middle block and output 0 on a 1x1 latent. With every mechanism on, in chunks
+    with keyframe rows, the edit must be bit-identical to one that runs those blocks at full size. Another
+    node's patch on the MODEL, or control in the conditioning, keeps every block at full size."""
+    from temporal_adapter.adapter_core.attention import SourceInjection
+    from temporal_adapter.nodes import host
+    shrunk = []
+    shrink = SourceInjection.input_block
+
+    def watched(self, h, options):
+        out = shrink(self, h, options)
+        if out is not h:
+            shrunk.append((options["block"], tuple(h.shape[2:]), tuple(out.shape[2:])))
+        return out
+    monkeypatch.setattr(SourceInjection, "input_block", watched)
+    model, _, prompt, negative, _, _, _, inv = setup
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    switches = dict(ALL_ON, adapter=adapter, frames_per_chunk=4, chunk_overlap=2)
+    fast, _ = sample(mods, model, prompt, negative, inv, cfg=4.0, **switches)
+    runs, feature_steps = 2, round(0.8 * STEPS)
+    assert shrunk == [(("input", 0), (8, 8), (1, 1))] * (runs * feature_steps)
+
+    shrunk.clear()
+    foreign = model.clone()
+    foreign.set_model_attn1_patch(lambda n, context, value, extra_options: (n, context, value))
+    full, report = sample(mods, foreign, prompt, negative, inv, cfg=4.0, **switches)
+    assert shrunk == [] and torch.equal(fast, full)
+    assert "still run at full size" in report
+    controlled = [[prompt[0][0], {**prompt[0][1], "control": object()}]]
+    assert host.reaches_inside_unet(model, negative, controlled) and not host.reaches_inside_unet(model, prompt)
 
 
 def test_adapter_tokens_and_lora_reach_the_unet(mods, setup):

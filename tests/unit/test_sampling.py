@@ -91,14 +91,15 @@ def test_context_tokens_reach_the_cond_chunk_only():
 
 
 def test_source_injection_records_then_injects_in_every_chunk():
-    inj = SourceInjection([("output", 1)], [("output", 0)])
+    inj = SourceInjection([("output", 1)], [("output", 0)], 2)
     options = {"block": ("output", 1), "block_index": 0, "cond_or_uncond": [1]}
     src = torch.randn(3, 5, 4)
     inj.attention = inj.features = True
     inj.mode = "record"
-    assert inj.attn1(src, src, src, options)[0] is src
     h_src = torch.randn(3, 8, 2, 2)
-    inj.output_block(h_src, None, {"block": ("output", 0), "cond_or_uncond": [1]})
+    assert inj.output_block(h_src, None, {"block": ("output", 0), "cond_or_uncond": [1]})[0] is h_src
+    with pytest.raises(SourceRecorded):  # the last tensor the step injects: the source pass ends here
+        inj.attn1(src, src, src, options)
     inj.mode = "inject"
     edit = torch.randn(6, 5, 4)
     q, k, v = inj.attn1(edit, edit, edit, {**options, "cond_or_uncond": [0, 1]})
@@ -109,23 +110,56 @@ def test_source_injection_records_then_injects_in_every_chunk():
     assert inj.attn1(edit, edit, edit, options)[0] is edit
 
 
-def test_source_pass_stops_after_the_last_block_it_must_record():
-    """Features on output 4 and attention on output 4..11 (SD1.5 defaults): with attention the pass runs
-    through output 11; features only, it stops on entering output 4 once its features are recorded."""
-    inj = SourceInjection([("output", i) for i in range(4, 12)], [("output", 4)])
+def test_source_pass_stops_once_it_has_recorded_what_the_step_injects():
+    """Features on output 4 and attention on output 4..11 (SD1.5 defaults, output 11 here with two
+    transformer layers): with attention the pass ends at the attn1 input of output 11's last layer;
+    features only, it ends on entering output 4."""
+    inj = SourceInjection([("output", i) for i in range(4, 12)], [("output", 4)], 12, {("output", 11): 2})
     inj.mode, inj.attention, inj.features = "record", True, True
-    assert inj.stop_block() == 12
-    h = torch.randn(2, 8, 2, 2)
+    assert len(inj.needed()) == 1 + 8 + 1
+    h, n = torch.randn(2, 8, 2, 2), torch.randn(2, 4, 8)
     for number in range(12):
         inj.output_block(h, None, {"block": ("output", number), "cond_or_uncond": [1]})
+        if number >= 4:
+            for index in range(2 if number == 11 else 1):
+                options = {"block": ("output", number), "block_index": index, "cond_or_uncond": [1]}
+                if number == 11 and index == 1:
+                    with pytest.raises(SourceRecorded):
+                        inj.attn1(n, n, n, options)
+                else:
+                    inj.attn1(n, n, n, options)
+    assert inj.needed() == set(inj.store)
+    inj.store.clear()
     inj.attention = False
-    assert inj.stop_block() == 4
     inj.output_block(h, None, {"block": ("output", 3), "cond_or_uncond": [1]})
     with pytest.raises(SourceRecorded):
         inj.output_block(h * 2, None, {"block": ("output", 4), "cond_or_uncond": [1]})
     assert torch.equal(inj.store[("features", "output", 4)], h * 2)
     inj.mode = "inject"  # an edit pass never stops
-    inj.output_block(h, None, {"block": ("output", 5), "cond_or_uncond": [1]})
+    inj.output_block(h, None, {"block": ("output", 4), "cond_or_uncond": [1]})
+
+
+def test_blocks_that_only_feed_the_replaced_features_are_unread_and_shrunk():
+    """SD1.5 layout (12 input blocks, feature block output 4 reads the skip of input 7): with features on,
+    input 8-11, the middle block and output 0-3 cannot change the edit. They get no attention injection
+    (nor a source record), and an edit pass with shrink_unread cuts the hidden state to 1x1 after input 7."""
+    inj = SourceInjection([("output", i) for i in range(2, 12)], [("output", 4)], 12)
+    unread = [("input", i) for i in range(8, 12)] + [("middle", 0)] + [("output", i) for i in range(4)]
+    inj.attention = inj.features = True
+    assert [b for b in [("input", i) for i in range(12)] + [("middle", 0)] + [("output", i) for i in range(12)]
+            if inj.unread(b)] == unread
+    assert ("attn1", "output", 3, 0) not in inj.needed() and ("attn1", "output", 4, 0) in inj.needed()
+    h, n = torch.randn(2, 8, 4, 4), torch.randn(2, 16, 8)
+    inj.mode = "inject"
+    assert inj.attn1(n, n, n, {"block": ("output", 3), "cond_or_uncond": [0, 1]})[0] is n  # nothing recorded: no lookup
+    assert inj.input_block(h, {"block": ("input", 7)}) is h  # shrink_unread is off by default
+    inj.shrink_unread = True
+    assert inj.input_block(h, {"block": ("input", 6)}) is h
+    assert torch.equal(inj.input_block(h, {"block": ("input", 7)}), h[:, :, :1, :1])
+    inj.mode = "record"  # the source pass must compute the features it records
+    assert inj.input_block(h, {"block": ("input", 7)}) is h
+    inj.mode, inj.features = "inject", False  # attention-only steps read every block
+    assert not inj.unread(("middle", 0)) and inj.input_block(h, {"block": ("input", 7)}) is h
 
 
 def test_filter_skip_leaves_the_leading_rows_alone():
@@ -160,7 +194,7 @@ def test_sample_consistent_runs_a_source_pass_before_each_injected_step():
     sigmas = ddim.schedule(ddim.scaled_linear_sigmas(), 10)
     trajectory = torch.randn(11, 3, 4, 2, 2)
     source = Inversion(trajectory, sigmas, {}, "s", "m")
-    inj = SourceInjection([], [])
+    inj = SourceInjection([], [], 12)
     seen, modes = [], []
 
     def source_denoise(x, sigma):
