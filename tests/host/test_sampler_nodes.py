@@ -10,7 +10,7 @@ import torch
 
 from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
-from test_inversion_nodes import encode, frames_of, invert, rel_error
+from test_inversion_nodes import encode, frames_of, invert, load, rel_error
 
 CKPT = "ta_tiny_sd15.safetensors"
 STEPS = 5
@@ -174,15 +174,10 @@ def test_source_passes_that_stop_early_change_nothing(mods, setup, monkeypatch):
     assert torch.equal(early, full)
 
 
-def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup, monkeypatch):
-    """Feature steps replace the hidden state entering output 1 (the tiny model's feature block), so the edit
-    pass runs input 1, the middle block and output 0 on a 1x1 latent. With every mechanism on, in chunks
-    with keyframe rows, the edit must be bit-identical to one that runs those blocks at full size. Another
-    node's patch on the MODEL, or control in the conditioning, keeps every block at full size."""
+def watch_shrinks(monkeypatch):
+    """A list that records (block, size in, size out) of every hidden state `SourceInjection` shrinks."""
     from temporal_adapter.adapter_core.attention import SourceInjection
-    from temporal_adapter.nodes import host
-    shrunk = []
-    shrink = SourceInjection.input_block
+    shrunk, shrink = [], SourceInjection.input_block
 
     def watched(self, h, options):
         out = shrink(self, h, options)
@@ -190,6 +185,23 @@ def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup,
             shrunk.append((options["block"], tuple(h.shape[2:]), tuple(out.shape[2:])))
         return out
     monkeypatch.setattr(SourceInjection, "input_block", watched)
+    return shrunk
+
+
+def with_foreign_patch(model):
+    """A clone carrying another node's (no-op) attn1 patch."""
+    clone = model.clone()
+    clone.set_model_attn1_patch(lambda n, context, value, extra_options: (n, context, value))
+    return clone
+
+
+def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup, monkeypatch):
+    """Feature steps replace the hidden state entering output 1 (the tiny model's feature block), so the edit
+    pass runs input 1, the middle block and output 0 on a 1x1 latent. With every mechanism on, in chunks
+    with keyframe rows, the edit must be bit-identical to one that runs those blocks at full size. Another
+    node's patch on the MODEL, or control in the conditioning, keeps every block at full size."""
+    from temporal_adapter.nodes import host
+    shrunk = watch_shrinks(monkeypatch)
     model, _, prompt, negative, _, _, _, inv = setup
     adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
     switches = dict(ALL_ON, adapter=adapter, frames_per_chunk=4, chunk_overlap=2)
@@ -198,13 +210,28 @@ def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup,
     assert shrunk == [(("input", 0), (8, 8), (1, 1))] * (runs * feature_steps)
 
     shrunk.clear()
-    foreign = model.clone()
-    foreign.set_model_attn1_patch(lambda n, context, value, extra_options: (n, context, value))
-    full, report = sample(mods, foreign, prompt, negative, inv, cfg=4.0, **switches)
+    full, report = sample(mods, with_foreign_patch(model), prompt, negative, inv, cfg=4.0, **switches)
     assert shrunk == [] and torch.equal(fast, full)
     assert "still run at full size" in report
     controlled = [[prompt[0][0], {**prompt[0][1], "control": object()}]]
     assert host.reaches_inside_unet(model, negative, controlled) and not host.reaches_inside_unet(model, prompt)
+
+
+def test_unread_blocks_shrink_on_the_sd15_layout(comfy_host, mods, clips, monkeypatch):
+    """The full SD1.5 architecture (860M random weights; 3 frames at 96 px: latents 12x12, levels 12, 6,
+    3, 2): feature injection on output 4 reads the skip of input 7, so the edit shrinks after input 7 and
+    runs input 8-11 (two downsamples), the middle block and output 0-3 (one upsample) on 1x1. The edit must
+    be bit-identical to the one at full size."""
+    shrunk = watch_shrinks(monkeypatch)
+    model, cond, vae = load(comfy_host, "ta_full_sd15.safetensors")
+    latent = encode(comfy_host, vae, frames_of(clips["bikes.mp4"], 3, 96))
+    _, inv, _ = invert(mods[0], model, cond, latent, 2)
+    switches = dict(inject_source=True, keyframe_attention=True, temporal_filter=True, feature_fraction=1.0)
+    fast, report = sample(mods, model, cond, cond, inv, cfg=2.0, steps=2, **switches)
+    assert "features 1 on output 4" in report
+    assert shrunk == [(("input", 7), (3, 3), (1, 1))] * 2
+    full, _ = sample(mods, with_foreign_patch(model), cond, cond, inv, cfg=2.0, steps=2, **switches)
+    assert len(shrunk) == 2 and torch.equal(fast, full)
 
 
 def test_adapter_tokens_and_lora_reach_the_unet(mods, setup):
