@@ -274,7 +274,7 @@ class SourceInjection(SharedPatch):
         """After-skip input block patch: in an edit pass with `shrink_unread`, the hidden state [B, C, H, W]
         leaving the last input block read by a feature block becomes its [B, C, 1, 1] corner (the batch
         stays, so the timestep embedding still adds; its skip was already stored at full size)."""
-        if (self.mode == "inject" and self.shrink_unread and self.features and self.first_feature is not None
+        if (self.mode == "inject" and self.shrink_unread and self.features
                 and tuple(transformer_options.get("block") or ()) == ("input", self.last_read_input)):
             return h[:, :, :1, :1]
         return h

@@ -220,7 +220,7 @@ def test_unread_blocks_shrink_without_changing_the_edit(comfy_host, mods, setup,
 def test_unread_blocks_shrink_on_the_sd15_layout(comfy_host, mods, clips, monkeypatch):
     """The full SD1.5 architecture (860M random weights; 3 frames at 96 px: latents 12x12, levels 12, 6,
     3, 2): feature injection on output 4 reads the skip of input 7, so the edit shrinks after input 7 and
-    runs input 8-11 (two downsamples), the middle block and output 0-3 (one upsample) on 1x1. The edit must
+    runs input 8-11 (one downsample), the middle block and output 0-3 (one upsample) on 1x1. The edit must
     be bit-identical to the one at full size."""
     shrunk = watch_shrinks(monkeypatch)
     model, cond, vae = load(comfy_host, "ta_full_sd15.safetensors")
