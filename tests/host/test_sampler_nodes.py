@@ -391,6 +391,27 @@ def test_bad_input_gives_clear_errors(comfy_host, mods, setup):
         sample(mods, model, two_prompts, negative, inv)
 
 
+def test_a_v_prediction_model_matches_ksampler_and_runs_every_mechanism(comfy_host, mods, setup):
+    """A v-prediction model (the host's ModelSamplingDiscrete patch, as SD2.x-v loads): all off, the edit
+    equals KSamplerAdvanced (ddim, ddim_uniform) from the inversion's noise to 1e-4; every mechanism on
+    (adapter, filter, keyframes, injection with the shrunk unread blocks), the edit is finite and differs."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    from temporal_adapter.nodes import host
+    model, source, edit, negative, _, latent, _, _ = setup
+    model = ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
+    noise, inv, _ = invert(mods[0], model, source, latent, STEPS)
+    off, _ = sample(mods, model, edit, negative, inv, cfg=4.0)
+    with torch.inference_mode():
+        theirs = comfy_host.nodes.KSamplerAdvanced().sample(model, "disable", 0, STEPS, 4.0, "ddim", "ddim_uniform",
+                                                            edit, negative, noise, 0, 10000, "disable")[0]["samples"]
+    torch.testing.assert_close(off, theirs, rtol=1e-4, atol=1e-4)
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    on, report = sample(mods, model, edit, negative, inv, cfg=4.0, adapter=adapter, **ALL_ON)
+    assert "still run at full size" not in report
+    assert torch.isfinite(on).all() and not torch.allclose(on, off)
+
+
 def test_every_mechanism_on_a_two_level_model(comfy_host, mods, clips):
     """A model with two resolution levels (attention blocks input 1, 3, middle, output 0..3): the
     mechanisms pick its blocks (filter on its last two output blocks, injection on its output blocks,
