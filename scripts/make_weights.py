@@ -56,7 +56,7 @@ def _latent_scale(taesd, vae_sd, target_std=5.0):
     """TAESD's vae_scale that gives encoded latents about SD1.5's spread (std ~5 before the 0.18215
     scale factor, ~1 inside the model), measured on a fixed seeded image."""
     import torch
-    taesd.load_state_dict({k: v.float() for k, v in vae_sd.items()})
+    taesd.load_state_dict({k: v.float() for k, v in vae_sd.items()}, strict=False)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator("cpu").manual_seed(7))
     raw_std = taesd.taesd_encoder(image).std()
     return (raw_std / target_std).reshape(vae_sd["vae_scale"].shape).to(torch.float16)
@@ -89,6 +89,10 @@ def build(kind, comfy_dir):
     del clip
     taesd = comfy.taesd.taesd.TAESD()
     vae_sd = fill(taesd.state_dict(), 200)
+    # Written on every host, so one file means the same everywhere: newer hosts' TAESD adds a
+    # `vae_shift` (latent = encoder / scale + shift) that `fill` would set to 1; the 2024 host has
+    # none and ignores the key.
+    vae_sd["vae_shift"] = torch.zeros((), dtype=torch.float16)
     vae_sd["vae_scale"] = _latent_scale(taesd, vae_sd)
     sd.update({"first_stage_model." + k: v for k, v in vae_sd.items()})
     detected = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
