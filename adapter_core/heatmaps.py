@@ -40,13 +40,26 @@ def prompt_words(tokens):
 
     tokens: [(token_id, piece, word_id)] over all 77-token chunks, as the host's tokenizer gives
     them (word_id 0 = start/end/padding; CLIP pieces end a word with "</w>").
+    Word boundaries come from the tokens themselves, so every host gives the same words: a word ends
+    with a piece that CLIP's BPE marks as a word end ("</w>") or where the word id changes (an
+    embedding's vectors share one id and carry no mark); a piece of punctuation joins the word before
+    it ("car," as typed). Word ids alone are not enough: ComfyUI 0.8.0 gives a whole weighted segment
+    of the prompt one id.
     """
-    words = {}
+    words = []
+    previous_id, ended = None, True
     for position, (_, piece, word_id) in enumerate(tokens):
-        if word_id:
-            words.setdefault(word_id, []).append((position, piece))
-    return [("".join(p for _, p in parts).replace("</w>", ""), [i for i, _ in parts])
-            for parts in words.values()]
+        if not word_id:
+            continue
+        text = piece.replace("</w>", "")
+        punctuation = bool(text) and not any(c.isalnum() for c in text) and not piece.startswith("<")
+        if words and (punctuation or (not ended and word_id == previous_id)):
+            words[-1][0] += text
+            words[-1][1].append(position)
+        else:
+            words.append([text, [position]])
+        previous_id, ended = word_id, piece.endswith("</w>")
+    return [(text, positions) for text, positions in words]
 
 
 def _find(sequence, ids):

@@ -29,6 +29,20 @@ def test_words_merge_tokens_and_find_every_occurrence():
     assert [w for w, _ in select("")] == ["a", "red", "car,", "motorway", "a", "car"]
 
 
+def test_words_come_from_the_tokens_on_every_host():
+    """ComfyUI 0.8.0 gives every token of a weighted segment one word id (the 2024 host one per
+    space-separated word): the words must come out the same from both."""
+    one_id = [(t, piece, 1 if word_id else 0) for t, piece, word_id in PROMPT]
+    assert hm.prompt_words(one_id) == hm.prompt_words(PROMPT)
+    # a weighted segment "(red car:1.2)" then ", motorway": punctuation joins the word before it
+    segments = [(START, "<|startoftext|>", 0), (736, "red</w>", 1), (1615, "car</w>", 1), (267, ",</w>", 2),
+                (9, "motor", 2), (10, "way</w>", 2)]
+    assert hm.prompt_words(segments) == [("red", [1]), ("car,", [2, 3]), ("motorway", [4, 5])]
+    # an embedding's vectors (no word-end mark) make one word; the next id starts a new one
+    embedded = [(-1, "<embedding>", 1), (-1, "<embedding>", 1), (320, "a</w>", 2), (-1, "<embedding>", 3)]
+    assert hm.prompt_words(embedded) == [("<embedding><embedding>", [0, 1]), ("a", [2]), ("<embedding>", [3])]
+
+
 def test_groups_and_indices_follow_the_adapter_layout():
     sel = dict(select("<shared>, <unshared>, <start>, <end>, #0-1, car", shared=4, unshared=2))
     assert sel["<shared>"] == [0, 1, 2, 3] and sel["<unshared>"] == [4, 5]
