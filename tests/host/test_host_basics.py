@@ -42,6 +42,23 @@ def test_weights_are_byte_identical_when_regenerated(provisioned, tmp_path):
     assert sha256(tmp_path / name) == sha256(os.path.join(provisioned["checkpoints"], name))
 
 
+def test_the_generated_vae_encodes_the_same_on_every_host(comfy_host):
+    """One weights file, one meaning: a seeded image encodes (and decodes) to the values recorded on
+    the 2024 host. ComfyUI 0.8.0's TAESD adds `vae_shift` to every latent; the generator writes it as 0
+    (a file with the shift of 1 that the ones-fill gave moves the mean by 1 and fails here)."""
+    nodes = comfy_host.nodes
+    with torch.inference_mode():
+        vae = nodes.CheckpointLoaderSimple().load_checkpoint("ta_tiny_sd15.safetensors")[2]
+        image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(11))
+        latent = nodes.VAEEncode().encode(vae, image)[0]["samples"]
+        decoded = nodes.VAEDecode().decode(vae, {"samples": latent})[0]
+    assert latent.shape == (1, 4, 8, 8)
+    recorded = [-0.12204751, -0.74957907, -3.03035450, -1.70223951, -3.97628284, -2.76085472]
+    assert latent.flatten()[:6].tolist() == pytest.approx(recorded, abs=1e-3)
+    assert (latent.mean().item(), latent.std().item()) == pytest.approx((-1.1760418, 5.0220284), abs=1e-3)
+    assert (decoded.mean().item(), decoded.std().item()) == pytest.approx((8.9688e-4, 6.1564e-3), abs=1e-5)
+
+
 def test_every_node_follows_the_conventions(comfy_host):
     mappings = comfy_host.plugin.NODE_CLASS_MAPPINGS
     assert mappings, "the plugin registers no nodes"
