@@ -119,6 +119,18 @@ class ComfyServer:
             time.sleep(0.25)
         raise ComfyError(f"graph {prompt_id} did not finish within {timeout}s:\n{self.log_tail()}")
 
+    def wait_idle(self, timeout=600):
+        """Wait until the server's queue holds nothing running or pending (prompts queued by a browser)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            queue = self.get("/queue")
+            if not queue.get("queue_running") and not queue.get("queue_pending"):
+                return
+            if self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI died while running the queue:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise ComfyError(f"the queue did not empty within {timeout}s:\n{self.log_tail()}")
+
     def run(self, graph, timeout=600):
         return self.wait(self.submit(graph), timeout)
 
@@ -142,12 +154,16 @@ def _widget_inputs(spec):
     return out
 
 
+# Nodes that exist only in the front end (never sent to the server).
+FRONT_END_ONLY = ("Note", "MarkdownNote")
+
+
 def ui_to_api(workflow, object_info):
     """Convert a UI-format workflow (as saved by the front end) into an API-format graph."""
     links = {l[0]: l for l in workflow.get("links", [])}  # id, from_node, from_slot, to_node, to_slot, type
     graph = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONT_END_ONLY:  # muted / bypassed / notes
             continue
         spec = object_info.get(node["type"])
         if spec is None:

@@ -51,11 +51,12 @@ SNAPSHOT = f"""([colours, height]) => {{
 }}"""
 
 
-def workflow_height(workflow):
-    return next(n["size"][1] for n in workflow["nodes"] if n["type"] == "TA_TrainAdapter")
+OLD_HEIGHT = 300  # a trainer node saved by an older version of the workflow, before the curve had room
 
 
-def queue(page, steps):
+def queue(page, live_server, steps):
+    """Queue the loaded workflow from the page with `steps` training steps; return once the trainer's
+    last loss event has reached the node and the whole prompt (the save nodes too) has finished."""
     page.evaluate(f"""async (steps) => {{
         const node = {TRAINER};
         node.widgets.find((w) => w.name === "steps").value = steps;
@@ -65,28 +66,30 @@ def queue(page, steps):
         const history = {TRAINER}.lossHistory;
         return history && history.length === steps && history.at(-1).step === steps;
     }}""", arg=steps, timeout=300000)
+    live_server.wait_idle(timeout=300)
 
 
 def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips):  # noqa: F811
-    workflow = load_example(page, live_server, clips["carphone_pristine.mp4"], "train_adapter.json", [
+    load_example(page, live_server, clips["carphone_pristine.mp4"], "train_adapter.json", [
         ["CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors"], ["TA_LoadVideo", "frame_load_cap", 4],
         ["TA_LoadVideo", "custom_width", 64], ["TA_TrainAdapter", "seed", SEED],
         ["TA_TrainAdapter", "frames_per_step", 2], ["TA_SaveAdapter", "filename_prefix", "browser_loss_curve"],
         ["SaveImage", "filename_prefix", "browser/loss_curve"]])
+    page.evaluate(f"(h) => {{ const node = {TRAINER}; node.setSize([node.size[0], h]); }}", OLD_HEIGHT)
     before = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     assert not before["history"] and before["background"] == 0
     assert not [t for t in before["texts"] if t.startswith("step ")]
 
-    queue(page, STEPS)
+    queue(page, live_server, STEPS)
     after = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     print(f"\ncurve box {after['pixels']} px: background {after['background']}, line pixels {after['counts']}; "
           f"texts {[t for t in after['texts'] if re.match(r'(total|denoise|temporal|step) ', t)]}")
     history = after["history"]
     assert [r[0] for r in history] == list(range(1, STEPS + 1)) and {r[1] for r in history} == {STEPS}
     assert all(v > 0 for r in history for v in r[2:])
-    # The node is tall enough for its widgets and the curve under them (the workflow's saved size
-    # is not), and the curve is drawn there: mostly its background, with every term's line.
-    assert after["size"][1] >= after["min"][1] > workflow_height(workflow) and after["widgetsBottom"] <= after["top"]
+    # The node grew tall enough for its widgets and the curve under them (the size it was given is
+    # not), and the curve is drawn there: mostly its background, with every term's line.
+    assert after["size"][1] >= after["min"][1] > OLD_HEIGHT and after["widgetsBottom"] <= after["top"]
     assert after["background"] > 0.5 * after["pixels"]
     assert all(count >= 20 for count in after["counts"].values()), after["counts"]
     shown = {t.split()[0]: float(t.split()[1]) for t in after["texts"]
@@ -103,7 +106,7 @@ def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips
     assert abs(first - history[0][2]) <= 1e-4 * first and abs(last_total - history[-1][2]) <= 1e-4 * last_total
 
     # A new run starts a new curve (the history restarts at step 1).
-    queue(page, STEPS - 2)
+    queue(page, live_server, STEPS - 2)
     again = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     assert [r[0] for r in again["history"]] == list(range(1, STEPS - 1))
     assert f"step {STEPS - 2}/{STEPS - 2}" in again["texts"]
