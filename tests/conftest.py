@@ -123,7 +123,22 @@ def pytest_runtest_protocol(item, nextitem):
     _tier_count[_tier(item.nodeid)] += 1
 
 
-def pytest_terminal_summary(terminalreporter):
-    terminalreporter.section("time per test tier")
+def host_label():
+    """The host the suite runs on, as the provisioning manifest names it (e.g. "ComfyUI 0.8.0")."""
+    try:
+        return manifest().get("host_label") or "ComfyUI"
+    except BaseException:  # no manifest: pytest.exit was raised; the summary still prints
+        return "unknown host"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    host = host_label()
+    terminalreporter.section(f"time per test tier on {host}")
     for tier in sorted(_tier_time):
-        terminalreporter.write_line(f"{tier:8s} {_tier_count[tier]:4d} tests {_tier_time[tier]:8.1f} s")
+        terminalreporter.write_line(f"{host}  {tier:8s} {_tier_count[tier]:4d} tests {_tier_time[tier]:8.1f} s")
+    path = os.environ.get("TA_TIMINGS")
+    if path:  # for `ta.py timings`: one table of tiers x hosts after CI ran the suite on each host
+        outcome = "passed" if exitstatus == 0 else f"failed (pytest exit {int(exitstatus)})"
+        tiers = {t: {"count": _tier_count[t], "seconds": round(_tier_time[t], 1)} for t in _tier_time}
+        with open(path, "w") as f:
+            json.dump({"host": host, "tiers": tiers, "outcome": outcome}, f)

@@ -1,9 +1,13 @@
-"""scripts/ta.py: clear errors for a bad set-up, and a second run that reuses the cache."""
+"""scripts/ta.py: clear errors for a bad set-up, the requirements each host gets, and a second run
+that reuses the cache."""
 import json
 import os
 import subprocess
 import sys
 import time
+
+import pytest
+import ta
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TA = os.path.join(REPO, "scripts", "ta.py")
@@ -38,5 +42,63 @@ def test_second_setup_reuses_the_cache(provisioned):
     assert "$ " not in r.stdout, f"the rerun executed commands:\n{r.stdout}"
     after = {f: os.stat(os.path.join(ckpts, f)).st_mtime_ns for f in os.listdir(ckpts)}
     assert before == after
-    with open(os.path.join(provisioned["cache"], "manifest.json")) as f:
+    with open(os.path.join(provisioned["cache"], "hosts", provisioned["host_key"], "manifest.json")) as f:
         assert json.load(f)["comfyui"] == provisioned["comfyui"]
+
+
+HOST_REQUIREMENTS = """comfyui-frontend-package==1.35.9
+torch
+torchsde
+torchvision
+torchaudio
+numpy>=1.25.0
+transformers>=4.50.3  # a comment
+av>=14.2.0
+
+#non essential dependencies:
+kornia>=0.7.1
+"""
+
+
+@pytest.mark.parametrize("audio_build", [False, True])
+def test_a_host_keeps_its_own_requirements_and_our_pins_fill_only_what_it_leaves_open(tmp_path, audio_build):
+    (tmp_path / "requirements.txt").write_text(HOST_REQUIREMENTS)
+    lines, notes = ta.venv_requirements("archive", str(tmp_path), lambda: audio_build)
+    names = [ta.requirement_name(ln) for ln in lines]
+    # torch and torchvision: our pins, once; the host's own lines exactly as it states them
+    assert lines[:2] == ta.TORCH_PINS and names.count("torch") == 1 and names.count("torchvision") == 1
+    for line in ("comfyui-frontend-package==1.35.9", "torchsde", "numpy>=1.25.0", "transformers>=4.50.3",
+                 "av>=14.2.0", "kornia>=0.7.1"):
+        assert line in lines
+    # our pins only for packages the host does not name (no numpy/transformers/av pin of ours)
+    pinned = [ln for ln in lines if "==" in ln and ln not in ta.TORCH_PINS]
+    assert {ta.requirement_name(ln) for ln in pinned} >= {"pytest", "playwright", "opencv-python-headless"}
+    assert not {"numpy", "transformers", "av", "kornia"} & {ta.requirement_name(ln) for ln in pinned}
+    # torchaudio: kept when a build for the pinned torch exists, else left out and said once
+    assert ("torchaudio" in lines) == audio_build
+    assert bool(notes) != audio_build and (audio_build or "torchaudio" in notes[0])
+
+
+def test_the_embedded_host_keeps_our_pins(tmp_path):
+    lines, notes = ta.venv_requirements("embedded", str(tmp_path), lambda: False)
+    assert lines[:2] == ta.TORCH_PINS and not notes
+    assert "av==13.1.0" in lines and "transformers==4.46.3" in lines
+
+
+def test_each_host_has_its_own_cache_key(tmp_path, monkeypatch):
+    other = tmp_path / "ComfyUI"
+    (other / "comfy").mkdir(parents=True)
+    (other / "main.py").write_text("")
+    archive = tmp_path / "ComfyUI-9.9.9.tar.gz"
+    archive.write_bytes(b"not really")
+    keys = set()
+    for env in ({}, {"COMFYUI_PATH": str(other)}, {"TA_HOST_ARCHIVE": str(archive)}):
+        monkeypatch.delenv("COMFYUI_PATH", raising=False)
+        monkeypatch.delenv("TA_HOST_ARCHIVE", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        keys.add(ta.choose_host()[0])
+    assert len(keys) == 3
+    monkeypatch.setenv("COMFYUI_PATH", str(other))
+    with pytest.raises(SystemExit, match="both set"):
+        ta.choose_host()
