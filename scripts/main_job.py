@@ -28,12 +28,13 @@ def main():
     ap.add_argument("--workflow", default=WORKFLOW, help="file in example_workflows/")
     ap.add_argument("--clip", default="carphone_pristine.mp4", help="sample clip name (see the manifest)")
     ap.add_argument("--frames", type=int, default=8, help="frames to load from the clip")
-    ap.add_argument("--out", default=os.path.join(REPO, ".cache", "main_job"), help="work folder")
+    ap.add_argument("--out", help="work folder (default: main_job/ in the provisioning cache, .cache/ or $TA_CACHE)")
     ap.add_argument("--pictures", help="also write the README pictures (frame strip, loss curve, heatmap "
                     "grid, metrics plot) into this folder")
     args = ap.parse_args()
     with open(os.environ["TA_MANIFEST"]) as f:
         manifest = json.load(f)
+    args.out = args.out or os.path.join(manifest["cache"], "main_job")
 
     t0 = time.time()
     shutil.rmtree(args.out, ignore_errors=True)
@@ -45,6 +46,8 @@ def main():
         with open(os.path.join(REPO, "example_workflows", args.workflow)) as f:
             graph = ui_to_api(json.load(f), server.object_info)
         set_inputs(graph, {**FAST, ("TA_LoadVideo", "video"): args.clip, ("TA_LoadVideo", "frame_load_cap"): args.frames})
+        if args.pictures:
+            add_latent_taps(graph)
         entry = server.run(graph, timeout=900)
     except Exception:
         print(server.log_tail(), file=sys.stderr)
@@ -64,9 +67,37 @@ def main():
         readme_pictures(server.output_dir, manifest["clips"][args.clip], args.frames, args.pictures)
 
 
+LATENT_TAPS = {"1001": ("VAEEncode", "TemporalAdapter/latents_source"),
+               "1002": ("TA_InversionReconstruct", "TemporalAdapter/latents_round_trip")}
+
+
+def add_latent_taps(graph):
+    """Save the clip's encoded latents and their inversion round trip (the readout's reconstruction)
+    with the host's SaveLatent, for the README's latent-space picture."""
+    for tap, (kind, prefix) in LATENT_TAPS.items():
+        source = next(node_id for node_id, node in graph.items() if node["class_type"] == kind)
+        graph[tap] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": prefix}}
+
+
+def latent_round_trip_picture(source_path, round_trip_path, count, scale=8):
+    """Latent channels 0-2 as RGB (one shared scale per channel), source frames over their DDIM
+    inversion round trip: an image of what the readout's latent PSNR measures."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+    source, round_trip = (load_file(p)["latent_tensor"][:count, :3].float() for p in (source_path, round_trip_path))
+    lo = source.amin(dim=(0, 2, 3), keepdim=True)
+    hi = source.amax(dim=(0, 2, 3), keepdim=True)
+    rows = [((x - lo) / (hi - lo)).clamp(0, 1) for x in (source, round_trip)]
+    grid = np.concatenate([np.concatenate(list(r.permute(0, 2, 3, 1).numpy()), axis=1) for r in rows], axis=0)
+    image = Image.fromarray((grid * 255).round().astype(np.uint8))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
 def readme_pictures(output_dir, clip, frames, folder):
-    """Frame strip (source row over edit row) and copies of the run's loss curve, heatmap grid and
-    metrics plot, as PNGs in `folder`."""
+    """Frame strip (source row over edit row), the latent round trip (source latents over their
+    inversion round trip) and copies of the run's loss curve, heatmap grid and metrics plot, as PNGs
+    in `folder`."""
     import av
     from PIL import Image
 
@@ -93,6 +124,8 @@ def readme_pictures(output_dir, clip, frames, folder):
         strip.paste(a, (i * w, 0))
         strip.paste(b, (i * w, h))
     strip.save(os.path.join(folder, "frames_source_vs_edit.png"))
+    latent_round_trip_picture(*(newest(prefix) for _, prefix in LATENT_TAPS.values()), count=4).save(
+        os.path.join(folder, "latent_round_trip.png"))
     for prefix, name in (("TemporalAdapter/edit_loss_curve", "loss_curve.png"),
                          ("TemporalAdapter/edit_heatmap_grid", "heatmap_grid.png"),
                          ("TemporalAdapter/edit_metrics_plot", "metrics_plot.png")):
