@@ -2,7 +2,8 @@
 template browser): each workflow is loaded in the host's own front end in headless Chromium and the
 canvas is captured.
 
-    .cache/venv/bin/python scripts/workflow_thumbnails.py      (needs a provisioned cache and chromium)
+    python3 scripts/ta.py run scripts/workflow_thumbnails.py      (with chromium; use the newest host:
+                                                                  TA_HOST_ARCHIVE=... or COMFYUI_PATH=...)
 """
 import io
 import json
@@ -21,6 +22,16 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+# Newer front ends draw a minimap over the canvas and draw zoomed-out nodes as blank boxes: hide the
+# one and turn off the other for the pictures (settings the 2024 front end lacks are skipped).
+HIDE_CHROME = """async () => {
+    const settings = {"Comfy.Minimap.Visible": false, "LiteGraph.Canvas.MinFontSizeForLOD": 0};
+    for (const [id, value] of Object.entries(settings)) {
+        try { await window.app.extensionManager.setting.set(id, value); } catch (e) {}
+    }
+}"""
+
+
 def main():
     from playwright.sync_api import sync_playwright
     with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
@@ -37,6 +48,7 @@ def main():
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(server.url)
                 page.wait_for_function("() => window.app && window.app.graph", timeout=60000)
+                page.evaluate(HIDE_CHROME)
                 for name in names:
                     with open(os.path.join(folder, name)) as f:
                         page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.load(f))

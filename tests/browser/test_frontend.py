@@ -73,3 +73,52 @@ def test_example_workflow_loads_without_missing_nodes(page, name):
     assert result["count"] == len(workflow["nodes"]), result
     assert not result["missing"], f"{name}: unknown node types {result['missing']}"
     assert not result["widgetless"], result
+
+
+BOXES_JS = """async (wf) => {
+    await window.app.loadGraphData(wf);
+    await new Promise((resolve) => setTimeout(resolve, 1500));  // previews load, nodes resize
+    const graph = window.app.graph;
+    const box = (node) => {
+        const b = node.getBounding ? Array.from(node.getBounding()) : [node.pos[0], node.pos[1] - 30, node.size[0], node.size[1] + 30];
+        return {id: node.id, type: node.type, box: b};
+    };
+    const groups = (graph._groups || graph.groups || []).map((g) => ({title: g.title, box: Array.from(g._bounding || g.bounding)}));
+    return {nodes: graph._nodes.map(box), groups};
+}"""
+
+
+def _overlap(a, b):
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(inner, outer):
+    return (outer[0] <= inner[0] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and outer[1] <= inner[1] and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflow_is_laid_out_without_overlaps(page, live_server, clips, name):
+    """As this front end sizes the nodes on load (previews shown, widgets measured): no two nodes
+    overlap, no two groups overlap, and every node but the note sits inside one titled group."""
+    for path in clips.values():  # the loader grows by its preview when its file is there
+        shutil.copy(path, os.path.join(live_server.input_dir, os.path.basename(path)))
+    with open(os.path.join(REPO, "example_workflows", name)) as f:
+        workflow = json.load(f)
+    drawn = page.evaluate(BOXES_JS, workflow)
+    nodes, groups = drawn["nodes"], drawn["groups"]
+    clashes = [(a["type"], b["type"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a["box"], b["box"])]
+    assert not clashes, f"{name}: overlapping nodes {clashes}"
+    assert groups and all(g["title"] for g in groups)
+    group_clashes = [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
+                     if _overlap(a["box"], b["box"])]
+    assert not group_clashes, f"{name}: overlapping groups {group_clashes}"
+    notes = [n for n in nodes if n["type"] == "Note"]
+    assert len(notes) == 1, f"{name}: {len(notes)} note nodes"
+    homeless = [n["type"] for n in nodes if n["type"] != "Note"
+                and sum(_inside(n["box"], g["box"]) for g in groups) != 1]
+    assert not homeless, f"{name}: nodes outside exactly one group: {homeless}"
+    # the pipeline reads left to right: no wire runs back to an earlier column
+    x = {n["id"]: n["box"][0] for n in nodes}
+    backwards = [link for link in workflow["links"] if x[link[1]] > x[link[3]]]
+    assert not backwards, f"{name}: wires running right to left {backwards}"
