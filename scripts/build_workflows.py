@@ -191,6 +191,7 @@ WORKFLOWS = {
             (6, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/attention_heatmaps"},
              {"images": (5, 0), "fps": (1, 1)}, ("save", 0)),
             save_image(7, "TemporalAdapter/attention_heatmap_grid", (5, 1), ("save", 0)),
+            save_image(8, "TemporalAdapter/attention_heatmap_overlay", (5, 0), ("save", 0)),
         ]},
 }
 
