@@ -93,9 +93,9 @@ class TA_LoadVideo:
                 "tooltip": "When the output size (custom_width x custom_height, after rounding to 8) has "
                            "another aspect ratio than the frames: crop (default, as VideoHelperSuite) "
                            "scales to cover and cuts the centre; pad scales to fit and adds black "
-                           "borders (transparent in the mask when the source has alpha); stretch scales each "
-                           "side on its own and "
-                           "distorts. Frames are never stretched unless you choose stretch."}),
+                           "borders (transparent in the mask when the source has alpha); stretch scales "
+                           "each side on its own and distorts. Frames are never stretched unless you "
+                           "choose stretch."}),
         }}
 
     @classmethod
