@@ -28,10 +28,12 @@ loaded once as an IMAGE batch, then alternately, --repeats times each:
   bare-encode  the floor: the batch converted to uint8 in one torch expression, then a bare PyAV
                loop (VideoFrame.from_ndarray rgb24 -> stream.encode -> mux) with the saver's codec,
                crf, preset and pixel format
+  encode-only  the same loop on frames already converted to uint8 (outside the timing): the
+               encoder alone, a floor no saver that takes an IMAGE batch can reach
   save-node    TA_SaveVideo.save: conversion, encode, metadata and the animated preview
 
-and prints the medians and the ratio save-node / bare-encode (goal <= 1.15), plus the PSNR of each
-file against the batch (the node's output must not change).
+and prints the medians and the ratios save-node / bare-encode (goal <= 1.15) and save-node /
+encode-only, plus the PSNR of each file against the batch (the node's output must not change).
 """
 import argparse
 import json
@@ -116,13 +118,16 @@ def manifest():
 
 
 def bare_encode(images, path, fmt, fps, crf):
-    """The floor: one torch conversion of the batch, then PyAV's plain encode loop."""
+    """The floor: one torch conversion of the batch (IMAGE in), then PyAV's plain encode loop; with
+    a uint8 numpy batch, the encode loop alone."""
     import av
+    import numpy as np
     import torch
     from fractions import Fraction
     from temporal_adapter.adapter_core import video
 
-    frames = images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    frames = images if isinstance(images, np.ndarray) else \
+        images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
     container_format, codec, options = video._AV_FORMATS[fmt]
     with av.open(path, "w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -152,14 +157,15 @@ def save_part(args):
     images, fps, _, _ = video.load(args.clip)
     node = video_nodes.TA_SaveVideo()
     prompt, extra = {"1": {"class_type": "TA_SaveVideo", "inputs": {}}}, {"workflow": {"nodes": []}}
-    times = {"bare-encode": [], "save-node": []}
+    uint8 = images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    times = {"bare-encode": [], "encode-only": [], "save-node": []}
     outputs = {}
     for i in range(args.repeats + 1):  # the first round warms up and is not counted
         for kind in times:
             start = time.perf_counter()
-            if kind == "bare-encode":
-                path = os.path.join(scratch, f"bare_{i}.{args.format}")
-                bare_encode(images, path, args.format, fps, video.DEFAULT_CRF)
+            if kind != "save-node":
+                path = os.path.join(scratch, f"{kind}_{i}.{args.format}")
+                bare_encode(images if kind == "bare-encode" else uint8, path, args.format, fps, video.DEFAULT_CRF)
             else:
                 with torch.inference_mode():
                     path = node.save(images, fps, "bench/clip", args.format, video.DEFAULT_CRF,
@@ -169,7 +175,8 @@ def save_part(args):
                 times[kind].append(elapsed)
             outputs[kind] = path
     medians = {kind: statistics.median(values) for kind, values in times.items()}
-    ratios = [n / b for n, b in zip(times["save-node"], times["bare-encode"])]
+    ratios = {base: [n / b for n, b in zip(times["save-node"], times[base])]
+              for base in ("bare-encode", "encode-only")}
     print(f"clip {os.path.basename(args.clip)}: {len(images)} frames {images.shape[2]}x{images.shape[1]}, "
           f"{args.format} crf {video.DEFAULT_CRF}; torch threads {torch.get_num_threads()}; "
           f"{os.cpu_count()} CPUs; {args.repeats} alternating runs each after a warm-up; 1-min load "
@@ -178,8 +185,9 @@ def save_part(args):
         psnr = _psnr(video.load(outputs[kind]).images, images)
         print(f"{kind:12s} median {medians[kind]:6.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}  "
               f"PSNR {psnr:.2f} dB")
-    print(f"ratio save-node / bare-encode: {medians['save-node'] / medians['bare-encode']:.3f} (medians); "
-          f"per alternating pair {' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}")
+    for base, values in ratios.items():
+        print(f"ratio save-node / {base}: {medians['save-node'] / medians[base]:.3f} (medians); per "
+              f"alternating round {' '.join(f'{r:.2f}' for r in values)}, median {statistics.median(values):.3f}")
 
 
 def _psnr(a, b):

@@ -425,6 +425,9 @@ def test_uint8_conversion_is_the_per_frame_rounding_in_one_pass():
     assert out.shape == (37, 8, 10, 3)
     assert np.array_equal(out[:, :7, :9], expected)
     assert np.array_equal(out[:, 7, :9], expected[:, 6]) and np.array_equal(out[:, :7, 9], expected[:, :, 8])
+    assert np.array_equal(video.to_uint8(images[:, :6, :8]), expected[:, :6, :8])  # even: written in place
+    assert np.array_equal(video.to_uint8(images.half()), images.half().float().mul(255).round().clamp(0, 255)
+                          .to(torch.uint8).numpy())
 
 
 def test_preview_is_small_and_plays_in_real_time(tmp_path):
