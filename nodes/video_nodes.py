@@ -88,6 +88,7 @@ class TA_LoadVideo:
                 "default": 0, "min": 0, "max": 8192, "step": 8,
                 "tooltip": f"Applied last ({ORDER}). 0 keeps the aspect ratio from custom_width (or the "
                            "source size when both are 0); rounded to a multiple of 8."}),
+        }, "optional": {  # optional: API prompts written before it existed still run
             "resize_mode": (list(core.RESIZE_MODES), {
                 "default": "crop",
                 "tooltip": "When the output size (custom_width x custom_height, after rounding to 8) has "

@@ -78,7 +78,7 @@ def test_is_changed_follows_content_and_options(nodes, input_dir, clips):
     path = os.path.join(input_dir, "changing.mp4")
     shutil.copy(clips["carphone_pristine.mp4"], path)
     options = {k: v for k, v in LOAD_DEFAULTS.items() if k != "path"}
-    assert list(nodes.TA_LoadVideo.INPUT_TYPES()["required"]) == ["video", "path", *options]
+    assert list(nodes.TA_LoadVideo.INPUT_TYPES()["required"]) == ["video", "path", *options][:-1]
     first = nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **options)
     assert nodes.TA_LoadVideo.IS_CHANGED(video="changing.mp4", path="", **options) == first
     capped = {**options, "frame_load_cap": 3}
@@ -168,15 +168,23 @@ def test_saver_respects_disable_metadata(nodes, input_dir, monkeypatch):
 
 # ---- footage as people bring it (issue 16) -------------------------------------------------------
 
-def test_mask_output_and_resize_mode_come_last_so_saved_workflows_keep_their_links(nodes):
+def test_mask_output_and_resize_mode_come_last_so_saved_workflows_keep_their_links(nodes, input_dir):
     loader = nodes.TA_LoadVideo
     assert loader.RETURN_TYPES == ("IMAGE", "FLOAT", "INT", "TA_VIDEO_INFO", "STRING", "MASK")
     assert loader.RETURN_NAMES[-1] == "mask" and len(loader.OUTPUT_TOOLTIPS) == 6
-    required = loader.INPUT_TYPES()["required"]
-    assert list(required)[-1] == "resize_mode" and required["resize_mode"][1]["default"] == "crop"
-    tips = {name: spec[1]["tooltip"] for name, spec in required.items() if len(spec) > 1}
+    spec = loader.INPUT_TYPES()
+    required, optional = spec["required"], spec["optional"]
+    assert list(required)[-1] == "custom_height"  # the widgets saved workflows know keep their slots
+    assert list(optional) == ["resize_mode"] and optional["resize_mode"][1]["default"] == "crop"
+    tips = {name: spec[1]["tooltip"] for name, spec in {**required, **optional}.items() if len(spec) > 1}
     assert "VideoHelperSuite" in tips["force_rate"] and "on screen" in tips["force_rate"]
     assert "multiple of 8" in tips["custom_width"] and "mixed sizes" in tips["path"]
+    # An API prompt written before resize_mode existed still runs (with the default, crop).
+    before = {k: v for k, v in LOAD_DEFAULTS.items() if k != "resize_mode"}
+    with torch.inference_mode():
+        out = loader().load(video="bikes.mp4", **{**before, "frame_load_cap": 1, "custom_width": 64,
+                                                  "custom_height": 64})
+    assert out[0].shape == (1, 64, 64, 3) and len(out) == 6
 
 
 def in_input(comfy_host, path):
