@@ -86,7 +86,7 @@ def test_real_world_footage_cases_over_http_and_the_server_survives(live_server,
 
     def run(source, prefix, **loader):
         prompt = json.loads(json.dumps(graph))
-        prompt["1"]["inputs"].update(video=source, frame_load_cap=0, **loader)
+        prompt["1"]["inputs"].update({"video": source, "frame_load_cap": 0, **loader})
         prompt["2"]["inputs"]["filename_prefix"] = prefix
         return live_server.run(prompt)
 
