@@ -21,7 +21,6 @@ import importlib
 import math
 import os
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import NamedTuple
@@ -283,7 +282,6 @@ class _ContainerSource:
                 stream = self.container.streams.video[0]
                 self.exact = True
             count = count or round(duration * fps)
-            self.stream = stream
             self.decoded = 0
             self._decoder = self._decode(stream)
             try:
@@ -368,14 +366,13 @@ class _ContainerSource:
 
 @dataclass(frozen=True)
 class _ImageHeader:
-    """What an image file's header says: upright size, transparency, and whether Pillow refuses it."""
+    """What an image file's header says: upright size, transparency, bit depth, orientation."""
     name: str
     width: int
     height: int
     alpha: bool
     bit_depth: int
     orientation: Orientation
-    refused: bool = False
 
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -442,9 +439,7 @@ class _PillowSource:
 
     def _open(self, name):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                return Image.open(name)
+            return Image.open(name)
         except Image.DecompressionBombError:
             limit = 2 * Image.MAX_IMAGE_PIXELS
             raise VideoError(
