@@ -78,7 +78,7 @@ def child(kind, clip):
         buffer = video._FrameBuffer(count, height, width)
         for _ in range(count):
             buffer.append(constant)
-        images = buffer.finish()
+        images = buffer.finish()[0]
     elif kind == "bare-cv2":
         capture = cv2.VideoCapture(clip)
         extra = {"backend": capture.getBackendName(), "threads": capture.get(cv2.CAP_PROP_N_THREADS)}
