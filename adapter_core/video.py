@@ -730,8 +730,8 @@ def load(path, options=LoadOptions(), progress=None, available_bytes=None):
     try:
         info = source.info
         width, height = output_size(info.width, info.height, options.width, options.height)
-        if isinstance(source, _PillowSource) and not options.width and not options.height:
-            source.check_sizes()
+        if isinstance(source, _PillowSource) and not (options.width and options.height):
+            source.check_sizes()  # one rule: mixed sizes load only at a size the user chose
         expected = expected_count(info, options)
         alpha = source.alpha
         limit = None

@@ -345,6 +345,8 @@ def test_mixed_sizes_case_is_refused_naming_the_odd_image(case):
     with pytest.raises(video.VideoError, match=r"mixed_sizes_seq: the images differ in size: f1\.png is 64x48 "
                                                r"but f2\.png is 48x64 .*custom_width and custom_height"):
         video.load(folder)
+    with pytest.raises(video.VideoError, match=r"f2\.png is 48x64"):  # one side set: still refused
+        video.load(folder, video.LoadOptions(width=64))
     loaded = video.load(folder, video.LoadOptions(width=64, height=48))  # the stated way out
     assert loaded.images.shape == (3, 48, 64, 3)
 
