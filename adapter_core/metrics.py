@@ -1,7 +1,8 @@
 """Temporal-consistency metrics of an edited clip against its source (method.md §6).
 
 Frames are IMAGE batches ``[T, H, W, 3]``, float 0..1 (torch tensors or numpy arrays); the edit must
-have the same frame count and size as the source. Frame pair ``t`` means frames ``t -> t+1``.
+have the same frame count and size as the source, or be the source's centre that the VAE cropped to
+a multiple of 8 (then that area of the source is compared, and the report says so). Frame pair ``t`` means frames ``t -> t+1``.
 
 - Warp error (Lai et al. 2018): dense optical flow on the SOURCE frames (OpenCV DIS, no
   weights), edited frame t+1 warped onto frame t along it, occluded pixels masked by a
@@ -56,19 +57,48 @@ def clip_frames(images, name):
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
+VAE_MULTIPLES = (8, 16, 32, 64)  # sides a VAE crops its input to (the host's vae_encode_crop_pixels)
+
+
+def vae_crop(source_size, edited_size):
+    """(top, left) of the edit inside the source when the edit is the source's centre cropped by a
+    VAE to multiples of 8 (or 16, 32, 64) per side, as the host's VAE encode crops: offset
+    (side % multiple) // 2. None when the sizes are equal or not related that way."""
+    if tuple(source_size) == tuple(edited_size):
+        return None
+    offsets = []
+    for side, cropped in zip(source_size, edited_size):
+        if not any(cropped == side - side % m for m in VAE_MULTIPLES):
+            return None
+        offsets.append((side - cropped) // 2)
+    return tuple(offsets)
+
+
 def matched_clips(source, edited):
-    """Both clips as float32 numpy after checking they have the same frame count and size."""
+    """Both clips as float32 numpy after checking they have the same frame count and size.
+
+    An edit that a VAE cropped to a multiple of 8 (e.g. 64x48 from a 65x49 source) is compared with
+    the same centre crop of the source; the note says so (None when the frames match as given).
+    """
     source, edited = clip_frames(source, "source"), clip_frames(edited, "edited")
     if edited.shape[0] != source.shape[0]:
         raise ValueError(f"edited: has {edited.shape[0]} frames but source has {source.shape[0]}; connect the "
                          "edit of exactly these source frames (same count, same order)")
+    note = None
     if edited.shape[1:3] != source.shape[1:3]:
-        raise ValueError(f"edited: frames are {edited.shape[2]}x{edited.shape[1]} but source frames are "
-                         f"{source.shape[2]}x{source.shape[1]}; resize one clip to the other's size before measuring")
+        offset = vae_crop(source.shape[1:3], edited.shape[1:3])
+        if offset is None:
+            raise ValueError(f"edited: frames are {edited.shape[2]}x{edited.shape[1]} but source frames are "
+                             f"{source.shape[2]}x{source.shape[1]}; resize one clip to the other's size before "
+                             "measuring (only the VAE's crop to a multiple of 8 is matched automatically)")
+        (top, left), (h, w) = offset, edited.shape[1:3]
+        note = (f"compared the {w}x{h} area at x={left}, y={top} of the {source.shape[2]}x{source.shape[1]} "
+                "source: the VAE cropped the edit to a multiple of 8")
+        source = np.ascontiguousarray(source[:, top:top + h, left:left + w])
     if min(source.shape[1:3]) < MIN_SIDE:
         raise ValueError(f"source: frames of {source.shape[2]}x{source.shape[1]} are too small for optical flow; "
                          f"measure frames of at least {MIN_SIDE}x{MIN_SIDE} pixels")
-    return source, edited
+    return source, edited, note
 
 
 # ---- flow, warping, occlusion -------------------------------------------------------------------
@@ -147,7 +177,7 @@ def warp_metrics(source, edited, progress=None):
     of non-occluded pixels). A pair with no visible pixel has NaN errors.
     progress: optional callback progress(done, total) after each pair.
     """
-    source, edited = matched_clips(source, edited)
+    source, edited, _ = matched_clips(source, edited)
     pairs = source.shape[0] - 1
     out = {"warp_error": [], "source_warp_error": [], "warped_ssim": [], "visible_fraction": []}
     for t in range(pairs):
@@ -238,7 +268,8 @@ def consistency_report(source, edited, latents=None, embed=None, text_embedding=
                        progress=None):
     """Every metric that the inputs allow, as a JSON-ready dict.
 
-    source, edited: IMAGE batches [T, H, W, 3] of the same size and count (T >= 2).
+    source, edited: IMAGE batches [T, H, W, 3] of the same count (T >= 2) and size, or an edit that
+        the VAE cropped to a multiple of 8 (compared on that area; "compared" says which).
     latents: optional [T, C, h, w] latents of the edit -> "latent_cosine".
     embed: optional image embedder IMAGE [N, H, W, 3] -> [N, D] -> "clip_f" (on the edit);
         with text_embedding ([D]) also "clip_t".
@@ -247,7 +278,7 @@ def consistency_report(source, edited, latents=None, embed=None, text_embedding=
     Each metric `m` comes as the mean `m` (None if undefined) and the list `m_per_pair` (or
     `_per_frame` / `_per_step`).
     """
-    source, edited = matched_clips(source, edited)
+    source, edited, note = matched_clips(source, edited)
     frames, height, width = edited.shape[:3]
     if latents is not None and latents.shape[0] != frames:
         raise ValueError(f"latents: has {latents.shape[0]} latents but the clips have {frames} frames; "
@@ -260,7 +291,8 @@ def consistency_report(source, edited, latents=None, embed=None, text_embedding=
     def _step(offset):
         return None if progress is None else (lambda done, _total: progress(offset + done, total))
 
-    report = {"frames": frames, "width": width, "height": height, "flow": FLOW_METHOD}
+    report = {"frames": frames, "width": width, "height": height, "flow": FLOW_METHOD,
+              "compared": note or "the whole frames"}
     warped = warp_metrics(source, edited, _step(0))
     for key in ("warp_error", "source_warp_error", "warped_ssim", "visible_fraction"):
         _series(report, key, warped[key])
@@ -299,7 +331,7 @@ def _fmt(key, value):
 def format_report(report):
     """Readable multi-line text: the means, then one line per frame pair."""
     lines = [f"Temporal consistency of {report['frames']} frames, {report['width']}x{report['height']} "
-             f"(flow: {report['flow']})"]
+             f"(flow: {report['flow']}; {report.get('compared', 'the whole frames')})"]
     for key, (label, _, better) in LABELS.items():
         if key in report:
             hint = f"  ({better} is better)" if better else ""

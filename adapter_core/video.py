@@ -9,6 +9,9 @@ VideoHelperSuite's options, applied in this order:
 
 Sources: any container FFmpeg reads (mp4, webm, mov, mkv, avi, gif), animated or still webp and
 still images (Pillow: FFmpeg cannot decode animated webp), and a folder of numbered images.
+Frames come out as a player shows them: turned upright by the container's display matrix or the
+images' EXIF orientation, deeper than 8 bits scaled from their own range, with the alpha channel
+(when there is one) as a mask.
 Encoding: mp4 (h264), webm (vp9) through PyAV; animated gif and webp and PNG sequences through
 Pillow (an adaptive palette per gif frame, and the host's metadata conventions for webp and PNG).
 Pillow comes with every ComfyUI host (and with matplotlib).
@@ -20,12 +23,13 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi", ".gif", ".webp")
@@ -93,11 +97,125 @@ def _sequence_files(folder):
     return [os.path.join(folder, n) for n in sorted(names, key=key)]
 
 
-# ---- sources: (time, av.VideoFrame) streams with their metadata -------------------------------
+# ---- orientation and pictures -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a player turns stored frames upright: transpose (swap rows and columns) first, then
+    reverse the rows (flip top to bottom) and/or the columns (flip left to right).
+
+    The eight combinations are the rotations by quarter turns with and without a mirror image.
+    """
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_columns: bool = False
+
+    @classmethod
+    def from_display_matrix(cls, matrix):
+        """From a display matrix (FFmpeg's AV_FRAME_DATA_DISPLAYMATRIX: 9 int32 in row order
+        a b u / c d v / x y w, which maps a stored pixel (p, q) to (a p + c q + x, b p + d q + y),
+        libavutil/display.h). Angles between quarter turns snap to the nearest one."""
+        a, b, _, c, d = (int(v) for v in matrix[:5])
+        if abs(a) + abs(d) < abs(b) + abs(c):  # stored columns become rows
+            return cls(True, flip_rows=b < 0, flip_columns=c < 0)
+        return cls(False, flip_rows=d < 0, flip_columns=a < 0)
+
+    @classmethod
+    def from_exif(cls, tag):
+        """From an EXIF orientation tag (0x0112, values 1-8; anything else is upright)."""
+        return _EXIF_ORIENTATIONS.get(tag, cls())
+
+    def apply(self, array):
+        """The upright view of a stored [H, W, ...] array (no copy)."""
+        if self.transpose:
+            array = array.swapaxes(0, 1)
+        return array[::-1 if self.flip_rows else 1, ::-1 if self.flip_columns else 1]
+
+    def size(self, width, height):
+        """The upright (width, height) of a stored width x height frame."""
+        return (height, width) if self.transpose else (width, height)
+
+    @property
+    def rotation(self):
+        """Clockwise degrees of the turn (applied before the mirror image, if any)."""
+        if self.transpose:
+            return 270 if self.flip_rows else 90
+        return 180 if self.flip_rows else 0
+
+    @property
+    def mirrored(self):
+        """Whether the upright frame is also flipped left to right (after the rotation)."""
+        return self.transpose ^ self.flip_rows ^ self.flip_columns
+
+
+_EXIF_ORIENTATIONS = {2: Orientation(flip_columns=True), 3: Orientation(False, True, True),
+                      4: Orientation(flip_rows=True), 5: Orientation(True), 6: Orientation(True, False, True),
+                      7: Orientation(True, True, True), 8: Orientation(True, True, False)}
+
+
+def _side_data(frame, kind):
+    """The raw bytes of one kind of a decoded frame's side data (e.g. "DISPLAYMATRIX"), or None."""
+    for data in frame.side_data:
+        if getattr(data.type, "name", str(data.type)) == kind:
+            return bytes(data)
+    return None
+
+
+def frame_orientation(frame):
+    """The Orientation a frame's display matrix asks for (upright when it has none)."""
+    matrix = _side_data(frame, "DISPLAYMATRIX")
+    if matrix is None or len(matrix) < 36:
+        return Orientation()
+    return Orientation.from_display_matrix(np.frombuffer(matrix[:36], np.int32))
+
+
+RESIZE_MODES = ("crop", "pad", "stretch")
+
+
+def fit(picture, width, height, mode="crop"):
+    """A [H, W, C] uint8/uint16 picture at width x height.
+
+    crop: scale to cover the target and cut the centre (keeps the aspect, loses edges);
+    pad: scale to fit inside and add black, transparent borders (keeps the aspect and every pixel);
+    stretch: scale each side on its own (changes the aspect).
+    Shrinking uses area averaging, enlarging bicubic interpolation (OpenCV).
+    """
+    h, w = picture.shape[:2]
+    if (w, h) == (width, height):
+        return picture
+    if mode not in RESIZE_MODES:
+        raise VideoError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    inner = (width, height)
+    if mode == "crop":
+        scale = max(width / w, height / h)
+        cw, ch = min(w, max(1, round(width / scale))), min(h, max(1, round(height / scale)))
+        x, y = (w - cw) // 2, (h - ch) // 2
+        picture = picture[y:y + ch, x:x + cw]
+    elif mode == "pad":
+        scale = min(width / w, height / h)
+        inner = (min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale))))
+    shrink = inner[0] * inner[1] < picture.shape[0] * picture.shape[1]
+    scaled = cv2.resize(np.ascontiguousarray(picture), inner,
+                        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    scaled = scaled.reshape(inner[1], inner[0], -1)
+    if inner == (width, height):
+        return scaled
+    canvas = np.zeros((height, width, scaled.shape[2]), scaled.dtype)
+    x, y = (width - inner[0]) // 2, (height - inner[1]) // 2
+    canvas[y:y + inner[1], x:x + inner[0]] = scaled
+    return canvas
+
+
+# ---- sources: (time, picture) streams with their metadata ---------------------------------------
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the source says about itself (frame_count is estimated when the container has no index)."""
+    """What the source says about itself, upright (width and height as a player shows them).
+
+    frame_count is estimated when the container has no index; duration runs from the first frame
+    to the end of the last one. rotation (clockwise degrees) and mirrored tell how the stored frames
+    were turned upright; alpha whether frames carry transparency; bit_depth the bits per channel.
+    """
     path: str
     fps: float
     frame_count: int
@@ -105,6 +223,10 @@ class VideoInfo:
     width: int
     height: int
     codec: str
+    rotation: int = 0
+    mirrored: bool = False
+    alpha: bool = False
+    bit_depth: int = 8
 
     def as_dict(self):
         return asdict(self)
@@ -124,50 +246,163 @@ def _describe_failure(path, error):
                       f"file?). FFmpeg says {error}. Export it as mp4 or webm")
 
 
+def _truncated(name, detail):
+    return VideoError(f"{name}: the video is damaged or truncated (incomplete download or copy?): "
+                      f"{detail}. Download or export it again")
+
+
 class _ContainerSource:
-    """Any container FFmpeg demuxes; decodes the first video stream with frame threads."""
+    """The first video stream of any container FFmpeg demuxes, decoded with frame threads.
+
+    The first frame is decoded on opening: it tells the orientation (display matrix), the
+    transparency and the bit depth. VP8/VP9 with an alpha channel (WebM `alpha_mode=1`) is decoded
+    by libvpx, which reads the alpha that FFmpeg's own decoder drops.
+    """
 
     def __init__(self, path):
         self.path = path
+        name = os.path.basename(path)
+        self.container = self._open()
         try:
-            self.container = av.open(path)
-        except av.error.FFmpegError as e:
-            raise _describe_failure(path, e) from None
-        if not self.container.streams.video:
+            if not self.container.streams.video:
+                raise VideoError(f"{name}: has no video stream (audio only?)")
+            stream = self.container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            count, duration = stream.frames, 0.0
+            if stream.duration:
+                duration = float(stream.duration * stream.time_base)
+            elif self.container.duration:
+                duration = self.container.duration / av.time_base
+            self.exact = bool(count)
+            self.end_time = None
+            if not count and not duration:  # a live recording: no index and no duration
+                count, self.end_time = self._count_packets(stream)
+                self.container.close()
+                self.container = self._open()
+                stream = self.container.streams.video[0]
+                self.exact = True
+            count = count or round(duration * fps)
+            self.decoded = 0
+            self._decoder = self._decode(stream)
+            try:
+                first = next(self._decoder, None)
+            except VideoError:
+                first = None
+            if first is None:
+                raise VideoError(f"{name}: no frames could be decoded (an empty or damaged video). "
+                                 "Export it again")
+            self._first = first
+            components = first.format.components
+            self.alpha = any(c.is_alpha for c in components)
+            bits = max(c.bits for c in components)
+            self.format = ("rgba" if self.alpha else "rgb24") if bits <= 8 else \
+                ("rgba64le" if self.alpha else "rgb48le")
+            self.orientation = frame_orientation(first)
+            start = first.time or 0.0
+            if self.end_time is None and stream.duration:
+                self.end_time = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+            duration = (self.end_time - start) if self.end_time is not None else duration
+            fps = fps or (count / duration if duration else SEQUENCE_FPS)
+            if not duration > 0:
+                duration = count / fps
+            width, height = self.orientation.size(first.width, first.height)
+            ctx = stream.codec_context
+            self.info = VideoInfo(path, fps, int(count), duration, width, height, ctx.name,
+                                  self.orientation.rotation, self.orientation.mirrored, self.alpha,
+                                  min(bits, 16))
+        except BaseException:
             self.container.close()
-            raise VideoError(f"{os.path.basename(path)}: has no video stream (audio only?)")
-        self.stream = stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if stream.duration:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (self.container.duration or 0) / av.time_base
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        self.exact = bool(stream.frames)
-        count = stream.frames or round(duration * fps)
-        fps = fps or (count / duration if duration else SEQUENCE_FPS)
-        ctx = stream.codec_context
-        self.info = VideoInfo(path, fps, int(count), duration or count / fps, ctx.width, ctx.height,
-                              ctx.name)
-        self.decoded = 0
+            raise
         self.finished = False
 
-    def frames(self):
+    def _open(self):
         try:
-            for frame in self.container.decode(self.stream):
-                yield (frame.time if frame.time is not None else self.decoded / self.info.fps), frame
-                self.decoded += 1
+            return av.open(self.path)
         except av.error.FFmpegError as e:
-            raise VideoError(f"{os.path.basename(self.path)}: decoding failed after {self.decoded} frames "
-                             f"(damaged or truncated file): {e}. Export it again") from None
+            raise _describe_failure(self.path, e) from None
+
+    def _count_packets(self, stream):
+        """Frames and end time (s) of a stream whose container says neither: its packets, read
+        without decoding."""
+        count, end = 0, 0.0
+        try:
+            for packet in self.container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    count += 1
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+        except av.error.FFmpegError:
+            pass  # a cut-off tail: count what was read; decoding says the rest
+        return count, end or None
+
+    def _decode(self, stream):
+        codec = stream.codec_context.name
+        if stream.metadata.get("alpha_mode") == "1" and codec in ("vp8", "vp9"):
+            decoder = av.CodecContext.create(f"libvpx-{codec}", "r")
+        else:
+            decoder = stream.codec_context
+        decoder.thread_type = "AUTO"
+        name = os.path.basename(self.path)
+        try:
+            for packet in self.container.demux(stream):
+                for frame in decoder.decode(packet):
+                    yield frame
+        except av.error.FFmpegError as e:
+            raise _truncated(name, f"decoding failed after {self.decoded} frames ({e})") from None
+
+    def frames(self):
+        """(time in s, upright [H, W, C] uint8 or uint16 picture) for every frame."""
+        frame = self._first
+        while frame is not None:
+            t = frame.time if frame.time is not None else self.decoded / self.info.fps
+            array = frame.to_ndarray(format=self.format, src_color_range=frame.color_range)
+            self.decoded += 1
+            yield t, self.orientation.apply(array)
+            frame = next(self._decoder, None)
         self.finished = True
 
     def close(self):
         self.container.close()
 
 
+@dataclass(frozen=True)
+class _ImageHeader:
+    """What an image file's header says: upright size, transparency, bit depth, orientation."""
+    name: str
+    width: int
+    height: int
+    alpha: bool
+    bit_depth: int
+    orientation: Orientation
+
+
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _has_alpha(image):
+    return "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+
+
+def _picture(image):
+    """A Pillow image as an upright [H, W, 3 or 4] uint8/uint16 array, as ComfyUI's Load Image
+    reads it: EXIF orientation applied (ImageOps.exif_transpose), palette and CMYK converted to RGB,
+    the alpha of RGBA/LA/palette transparency kept; 16-bit grey keeps its 16 bits, float (F) is
+    taken as 0..1."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_GREY or image.mode == "F":
+        grey = np.asarray(image)
+        if image.mode == "F":
+            grey = np.clip(grey, 0, 1) * 65535 + 0.5
+        grey = np.clip(grey, 0, 65535).astype(np.uint16)
+        return np.broadcast_to(grey[..., None], grey.shape + (3,))
+    return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
+
+
 class _PillowSource:
-    """Animated or still webp, a still image, or a folder of numbered images (one frame each)."""
+    """Animated or still webp, a still image, or a folder of numbered images (one frame each).
+
+    Every file's header is read on opening (sizes, EXIF orientation, transparency), so a folder of
+    mixed sizes or a huge image is named before anything is decoded.
+    """
 
     def __init__(self, path, force_rate):
         self.path = path
@@ -175,6 +410,7 @@ class _PillowSource:
         if not self.files:
             raise VideoError(f"{os.path.basename(path)}: the folder holds no images "
                              f"({', '.join(IMAGE_EXTENSIONS)}); put numbered frames in it")
+        self.headers = [self._header(name) for name in self.files]
         first = self._open(self.files[0])
         with first:
             # one file: its own frames and durations; a folder: one frame a file
@@ -185,9 +421,14 @@ class _PillowSource:
                 frame.load()
                 total_ms += frame.info.get("duration", 0)
             stored = float(first.info.get("fps", 0)) if not self.timed else 0
-            fps = count * 1000.0 / total_ms if total_ms else force_rate or stored or SEQUENCE_FPS
             kind = first.format.lower() if len(self.files) == 1 else "image sequence"
-            self.info = VideoInfo(path, fps, count, count / fps, first.width, first.height, kind)
+        fps = count * 1000.0 / total_ms if total_ms else force_rate or stored or SEQUENCE_FPS
+        self.end_time = total_ms / 1000.0 if total_ms else count / fps
+        head = self.headers[0]
+        self.alpha = any(h.alpha for h in self.headers)
+        self.info = VideoInfo(path, fps, count, self.end_time, head.width, head.height, kind,
+                              head.orientation.rotation, head.orientation.mirrored, self.alpha,
+                              max(h.bit_depth for h in self.headers))
         self.exact = True
         self.decoded = 0
         self.finished = False
@@ -199,21 +440,52 @@ class _PillowSource:
     def _open(self, name):
         try:
             return Image.open(name)
+        except Image.DecompressionBombError:
+            limit = 2 * Image.MAX_IMAGE_PIXELS
+            raise VideoError(
+                f"{os.path.basename(name)}: the image has more than {limit / 1e6:.0f} megapixels, more "
+                f"than the image decoder (Pillow) opens (its guard against decompression bombs); one such "
+                f"frame would need over {format_bytes(frame_bytes(limit, 1))} as float32. Scale the "
+                "images down before loading them") from None
         except (OSError, SyntaxError) as e:
             raise self._unreadable(name, e) from None
+
+    def _header(self, name):
+        with self._open(name) as image:
+            # A PNG's EXIF may follow the pixels: Pillow would decode the image to look for it.
+            exif = image.getexif() if image.format != "PNG" or "exif" in image.info else {}
+            orientation = Orientation.from_exif(exif.get(0x0112))
+            width, height = orientation.size(*image.size)
+            deep = image.mode in _SIXTEEN_BIT_GREY or image.mode == "F"
+            return _ImageHeader(os.path.basename(name), width, height, _has_alpha(image),
+                                16 if deep else 8, orientation)
+
+    def check_sizes(self):
+        """Refuse a folder whose images differ in (upright) size, naming the first odd one."""
+        first = self.headers[0]
+        for odd in self.headers[1:]:
+            if (odd.width, odd.height) != (first.width, first.height):
+                raise VideoError(
+                    f"{os.path.basename(self.path)}: the images differ in size: {first.name} is "
+                    f"{first.width}x{first.height} but {odd.name} is {odd.width}x{odd.height} (as shown, "
+                    "after EXIF rotation). Set custom_width and custom_height to load every image at that "
+                    "size (fitted by resize_mode), or make the images the same size")
+
+    def largest(self):
+        return max(self.headers, key=lambda h: h.width * h.height)
 
     def frames(self):
         for name in self.files:
             with self._open(name) as image:
                 for frame in ImageSequence.Iterator(image):
                     try:
-                        rgb = np.asarray(frame.convert("RGB"))
+                        picture = _picture(frame)
                     except (OSError, SyntaxError) as e:
                         raise self._unreadable(name, e) from None
                     stamp = frame.info.get("timestamp") if self.timed else None
                     t = stamp / 1000.0 if stamp is not None else self.decoded / self.info.fps
-                    yield t, av.VideoFrame.from_ndarray(rgb, format="rgb24")
                     self.decoded += 1
+                    yield t, picture
         self.finished = True
 
     def close(self):
@@ -221,7 +493,7 @@ class _PillowSource:
 
 
 def open_source(path, force_rate=0.0):
-    """A decoder for `path` with `.info`, `.frames()` and `.close()`.
+    """A decoder for `path` with `.info`, `.frames()` (time, upright picture) and `.close()`.
 
     Image folders play at force_rate when given (nothing is dropped), else at their stored rate.
     """
@@ -241,6 +513,7 @@ class LoadOptions:
     frame_load_cap: int = 0       # 0 = no cap; counts loaded frames
     width: int = 0                # 0 with height 0 = source size; 0 with a height = keep aspect
     height: int = 0
+    resize_mode: str = "crop"     # how a frame meets an output size of another aspect: RESIZE_MODES
 
     def __post_init__(self):
         if self.force_rate < 0 or self.skip_first_frames < 0 or self.frame_load_cap < 0:
@@ -249,6 +522,8 @@ class LoadOptions:
             raise VideoError("select_every_nth must be 1 or more")
         if self.width < 0 or self.height < 0:
             raise VideoError("custom width and height must be 0 (keep) or more")
+        if self.resize_mode not in RESIZE_MODES:
+            raise VideoError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
 
 
 def output_size(width, height, custom_width=0, custom_height=0):
@@ -262,20 +537,25 @@ def output_size(width, height, custom_width=0, custom_height=0):
     return snap(w), snap(h)
 
 
-def expected_count(frame_count, fps, options):
-    """How many frames `options` select from a clip of `frame_count` frames at `fps`."""
-    n = frame_count
+def expected_count(info, options):
+    """How many frames `options` select from a source described by `info` (VideoInfo).
+
+    With force_rate, one frame per tick from the first frame's time to the end of the last one
+    (info.duration), so a last frame that lasts its own time gives exactly its ticks.
+    """
+    n = info.frame_count
     if options.force_rate:
-        n = math.ceil(frame_count * options.force_rate / fps - _EPS)
+        n = math.ceil(info.duration * options.force_rate - _EPS)
     n = math.ceil(max(0, n - options.skip_first_frames) / options.select_every_nth)
     return min(n, options.frame_load_cap) if options.frame_load_cap else n
 
 
-def resample(frames, fps, rate):
+def resample(frames, fps, rate, end=None):
     """The frame on screen at each tick k / rate, from (time, frame) pairs at `fps`.
 
-    Frames between ticks are dropped; a frame spanning several ticks repeats. The last frame lasts
-    1 / fps. Times are taken relative to the first frame.
+    Frames between ticks are dropped; a frame spanning several ticks repeats. Times are taken
+    relative to the first frame. The last frame lasts until `end` (the source's end time, in the
+    frames' clock) when it is given and after that frame, else 1 / fps.
     """
     tick = 1.0 / rate
     k, start, previous, last = 0, None, None, 0.0
@@ -288,17 +568,22 @@ def resample(frames, fps, rate):
             k += 1
         previous = frame
     if previous is not None:
-        while k * tick < last + 1.0 / fps - _EPS:
+        stop = end - start if end is not None and end - start > last + _EPS else last + 1.0 / fps
+        while k * tick < stop - _EPS:
             yield previous
             k += 1
 
 
-def select_frames(frames, fps, options):
+def select_frames(frames, fps, options, end=None):
     """The frames to load from (time, frame) pairs, in order: force_rate, skip, nth, cap.
 
-    Stops pulling from `frames` as soon as the cap is reached.
+    `end` is the source's end time (see `resample`). Stops pulling from `frames` as soon as the
+    cap is reached.
     """
-    stream = resample(frames, fps, options.force_rate) if options.force_rate else (f for _, f in frames)
+    if options.force_rate:
+        stream = resample(frames, fps, options.force_rate, end)
+    else:
+        stream = (f for _, f in frames)
     loaded = 0
     for index, frame in enumerate(stream):
         kept = index - options.skip_first_frames
@@ -316,9 +601,9 @@ def format_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def frame_bytes(width, height):
-    """Bytes of one IMAGE frame: float32 RGB."""
-    return width * height * 3 * 4
+def frame_bytes(width, height, alpha=False):
+    """Bytes of one loaded frame: float32 RGB IMAGE, plus a float32 MASK frame with alpha."""
+    return width * height * (4 if alpha else 3) * 4
 
 
 def _uninitialised(shape):
@@ -346,114 +631,186 @@ def _uninitialised(shape):
 
 
 class _FrameBuffer:
-    """A float32 [capacity, H, W, 3] array filled in place.
+    """A float32 [capacity, H, W, 3] array (and a [capacity, H, W] mask with alpha) filled in place.
 
-    The array is allocated uninitialised, so each frame's memory is first touched by the one
+    The arrays are allocated uninitialised, so each frame's memory is first touched by the one
     write that converts the frame to float (no zero-fill pass over the whole clip: writing the
     output is the loader's main cost). Sizing goes through realloc (`ndarray.resize`), which remaps
     large blocks instead of copying them, so growing past the estimate (the added frames are
-    zero-filled) or trimming to the frames read never holds the clip twice.
+    zero-filled) or trimming to the frames read never holds the clip twice. `limit` (frames)
+    bounds the growth: past it `on_limit(frames)` is called, which raises.
     """
 
-    def __init__(self, capacity, height, width):
-        self.array = _uninitialised((max(capacity, 1), height, width, 3))
+    def __init__(self, capacity, height, width, alpha=False, limit=None, on_limit=None):
+        capacity = max(capacity, 1)
+        self.array = _uninitialised((capacity, height, width, 3))
+        self.mask = _uninitialised((capacity, height, width)) if alpha else None
         self.count = 0
+        self.limit, self.on_limit = limit, on_limit
 
     def _resize(self, frames):
-        self.array.resize((frames,) + self.array.shape[1:], refcheck=False)
+        for array in (self.array, self.mask):
+            if array is not None:
+                array.resize((frames,) + array.shape[1:], refcheck=False)
 
     def _reserve(self):
         if self.count == len(self.array):
-            self._resize(self.count + max(self.count // 4, 8))
+            grow = self.count + max(self.count // 4, 8)
+            if self.limit is not None and grow > self.limit:
+                if self.count >= self.limit:
+                    self.on_limit(self.count + 1)
+                grow = self.limit
+            self._resize(grow)
 
-    def append(self, rgb):
-        """Add one uint8 [H, W, 3] frame."""
+    def append(self, picture):
+        """Add one [H, W, 3 or 4] uint8 or uint16 picture (the 4th channel is alpha)."""
         self._reserve()
-        np.divide(rgb, np.float32(255), out=self.array[self.count])
+        scale = np.float32(255 if picture.dtype == np.uint8 else 65535)
+        np.divide(picture[..., :3], scale, out=self.array[self.count])
+        if self.mask is not None:
+            mask = self.mask[self.count]
+            if picture.shape[2] == 4:  # MASK = 1 - alpha, as the host's Load Image
+                np.divide(picture[..., 3], scale, out=mask)
+                np.subtract(1, mask, out=mask)
+            else:
+                mask.fill(0)
         self.count += 1
 
     def repeat(self):
         """Add a copy of the last frame."""
         self._reserve()
         self.array[self.count] = self.array[self.count - 1]
+        if self.mask is not None:
+            self.mask[self.count] = self.mask[self.count - 1]
         self.count += 1
 
     def finish(self):
+        """(images [N, H, W, 3], mask [N, H, W] or None) as tensors sharing the buffers."""
         if self.count != len(self.array):
             self._resize(self.count)
-        return torch.from_numpy(self.array)
+        mask = None if self.mask is None else torch.from_numpy(self.mask)
+        return torch.from_numpy(self.array), mask
+
+
+NO_ALPHA_MASK_SIDE = 64  # the host's Load Image gives a 64x64 zero mask for an image without alpha
+
+
+class LoadedVideo(NamedTuple):
+    images: torch.Tensor  # [N, H, W, 3] float32 0..1
+    fps: float            # rate of the loaded frames
+    info: VideoInfo       # the source, upright
+    mask: torch.Tensor    # [N, H, W] float32 1 - alpha, or [N, 64, 64] zeros without alpha
+
+
+def _memory_error(name, frames, width, height, alpha, available, extra=None, at_least=""):
+    need = frames * frame_bytes(width, height, alpha)
+    fit_frames = available // frame_bytes(width, height, alpha)
+    cap = f"Set frame_load_cap to {fit_frames} or less, or make" if fit_frames else "Not one frame fits: make"
+    what = "float32 IMAGE and MASK" if alpha else "float32"
+    plus = f" plus {extra}" if extra else ""
+    return VideoError(
+        f"{name}: loading {frames} frames{at_least} at {width}x{height} needs {format_bytes(need)} ({what}){plus}, "
+        f"but only {format_bytes(available)} of memory is free. {cap} the frames smaller with "
+        "custom_width/custom_height (or use select_every_nth / force_rate)")
 
 
 def load(path, options=LoadOptions(), progress=None, available_bytes=None):
-    """Decode `path` into IMAGE frames.
+    """Decode `path` into upright IMAGE frames (and a MASK from the alpha channel).
 
-    Returns (images [N, H, W, 3] float32 0..1, fps of the loaded frames, VideoInfo of the source).
+    Returns a LoadedVideo (images, fps of the loaded frames, VideoInfo of the source, mask).
+    Frames are turned upright by the container's display matrix or the images' EXIF orientation;
+    8-bit sources are scaled by 1/255, deeper ones (10-bit video, 16-bit PNG) by 1/65535.
     `progress(done, total)` is called per loaded frame (it may raise to interrupt). With
-    `available_bytes`, a clip whose frames would not fit is refused before anything is decoded.
+    `available_bytes`, a clip whose frames would not fit is refused before anything is decoded,
+    and again while decoding if the clip turns out longer than its container said.
+    Raises VideoError naming the file for bad files, bad options and memory shortage.
     """
     name = os.path.basename(path)
     source = open_source(path, options.force_rate)
     try:
         info = source.info
         width, height = output_size(info.width, info.height, options.width, options.height)
-        expected = expected_count(info.frame_count, info.fps, options)
-        need = expected * frame_bytes(width, height)
-        if available_bytes is not None and need > available_bytes:
-            fit = available_bytes // frame_bytes(width, height)
-            cap = f"Set frame_load_cap to {fit} or less, or make" if fit else "Not one frame fits: make"
-            raise VideoError(
-                f"{name}: loading {expected} frames at {width}x{height} needs {format_bytes(need)} "
-                f"(float32), but only {format_bytes(available_bytes)} of memory is free. {cap} the "
-                "frames smaller with custom_width/custom_height (or use select_every_nth / force_rate)")
-        shrink = width * height < info.width * info.height
-        convert = dict(width=width, height=height, format="rgb24",
-                       interpolation="AREA" if shrink else "BICUBIC")
-        buffer = _FrameBuffer(expected, height, width)
+        if isinstance(source, _PillowSource) and not (options.width and options.height):
+            source.check_sizes()  # one rule: mixed sizes load only at a size the user chose
+        expected = expected_count(info, options)
+        alpha = source.alpha
+        limit = None
+        if available_bytes is not None:
+            extra, spare = None, available_bytes
+            if isinstance(source, _PillowSource):
+                big = source.largest()
+                decode = 2 * big.width * big.height * (4 if big.alpha else 3) * (big.bit_depth // 8)
+                extra = f"{format_bytes(decode)} to decode {big.name} ({big.width}x{big.height})"
+                spare = available_bytes - decode
+            if expected * frame_bytes(width, height, alpha) > spare:
+                raise _memory_error(name, expected, width, height, alpha, max(spare, 0), extra)
+            limit = spare // frame_bytes(width, height, alpha)
+        buffer = _FrameBuffer(expected, height, width, alpha, limit,
+                              lambda frames: _raise(_memory_error(
+                                  name, frames, width, height, alpha, available_bytes,
+                                  at_least=" (at least: the container did not say how many)")))
         previous = None
-        for frame in select_frames(source.frames(), info.fps, options):
-            if frame is previous:
+        for picture in select_frames(source.frames(), info.fps, options, source.end_time):
+            if picture is previous:
                 buffer.repeat()
             else:
-                buffer.append(frame.to_ndarray(src_color_range=frame.color_range, **convert))
-            previous = frame
+                buffer.append(fit(picture, width, height, options.resize_mode))
+            previous = picture
             if progress is not None:
                 progress(buffer.count, max(expected, buffer.count))
-        images = buffer.finish()
+        images, mask = buffer.finish()
         missing = info.frame_count - source.decoded
         if source.finished and source.exact and missing > max(2, info.frame_count // 100):
-            raise VideoError(f"{name}: the video is truncated: its index lists {info.frame_count} frames "
-                             f"but only {source.decoded} could be decoded. Download or export it again")
+            raise _truncated(name, f"its index lists {info.frame_count} frames but only {source.decoded} "
+                                   "could be decoded")
     finally:
         source.close()
     if not len(images) and not options.skip_first_frames:
         raise VideoError(f"{name}: no frames could be decoded (an empty or damaged video). "
                          "Export it again")
     if not len(images):
-        available = expected_count(info.frame_count, info.fps, LoadOptions(force_rate=options.force_rate))
+        available = expected_count(info, LoadOptions(force_rate=options.force_rate))
         raise VideoError(f"{name}: no frames to load: the clip has {available} frames (at "
                          f"{options.force_rate or info.fps:g} fps) and skip_first_frames="
                          f"{options.skip_first_frames} skips past its end. Lower skip_first_frames")
-    return images, (options.force_rate or info.fps) / options.select_every_nth, info
+    if mask is None:
+        mask = torch.zeros(len(images), NO_ALPHA_MASK_SIDE, NO_ALPHA_MASK_SIDE)
+    return LoadedVideo(images, (options.force_rate or info.fps) / options.select_every_nth, info, mask)
+
+
+def _raise(error):
+    raise error
 
 
 # ---- saving -------------------------------------------------------------------------------------
 
-def uint8_frames(images, even=False, max_side=0):
-    """Each IMAGE frame as uint8 [H, W, 3] (rounded), one at a time.
+CONVERT_CHUNK = 16  # frames converted to uint8 per step (bounds the float32 copy of a GPU/half batch)
 
+
+def to_uint8(images, even=False):
+    """The IMAGE batch [N, H, W, 3] as one uint8 numpy array, converted before any encoding starts.
+
+    Each value is x * 255 rounded half to even and clamped to 0..255, bit-identical to
+    `images.mul(255).round().clamp(0, 255).to(torch.uint8)`, computed by one OpenCV pass per chunk
+    (multiply with saturation): 3-4x faster than the torch expression on the 2-core benchmark machine
+    (benchmarks/README.md), and with no float temporary.
     even: pad the right/bottom edge by one repeated pixel to even sizes (yuv420p needs them).
-    max_side: shrink (keeping aspect) so that neither side exceeds it.
     """
-    for image in images:
-        rgb = image.detach().mul(255).round_().clamp_(0, 255).to("cpu", torch.uint8).numpy()
-        h, w = rgb.shape[:2]
-        if max_side and max(h, w) > max_side:
-            scale = max_side / max(h, w)
-            h, w = max(1, round(h * scale)), max(1, round(w * scale))
-            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-        if even and (h % 2 or w % 2):
-            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        yield rgb
+    count, h, w = images.shape[:3]
+    ph, pw = h + (h % 2 if even else 0), w + (w % 2 if even else 0)
+    out = np.empty((count, ph, pw, 3), np.uint8)
+    for lo in range(0, count, CONVERT_CHUNK):
+        chunk = np.ascontiguousarray(images[lo:lo + CONVERT_CHUNK].detach().to("cpu", torch.float32).numpy())
+        rows = chunk.reshape(-1, w * 3)  # one channel, so the scalar scales every value
+        if (ph, pw) == (h, w):
+            cv2.multiply(rows, 255.0, dst=out[lo:lo + len(chunk)].reshape(-1, w * 3), dtype=cv2.CV_8U)
+        else:
+            out[lo:lo + len(chunk), :h, :w] = cv2.multiply(rows, 255.0, dtype=cv2.CV_8U).reshape(chunk.shape)
+    if pw != w:
+        out[:, :h, w] = out[:, :h, w - 1]
+    if ph != h:
+        out[:, h] = out[:, h - 1]
+    return out
 
 
 def _counted(frames, total, progress):
@@ -512,12 +869,12 @@ def _webp_exif(metadata):
     return exif
 
 
-def _write_pillow(frames, path, fmt, fps, crf, metadata):
+def _write_pillow(frames, path, fmt, fps, crf, metadata, quality=90, method=4):
     images = (Image.fromarray(rgb) for rgb in frames)
     first = next(images)
     options = dict(save_all=True, append_images=images, duration=round(1000 / fps), loop=0)
     if fmt == "webp":
-        options.update(format="WEBP", quality=90, method=4, exif=_webp_exif(metadata))
+        options.update(format="WEBP", quality=quality, method=method, exif=_webp_exif(metadata))
     else:
         options.update(format="GIF")
     first.save(path, **options)
@@ -536,12 +893,14 @@ _WRITERS = {"mp4": _write_av, "webm": _write_av, "gif": _write_pillow, "webp": _
             "png": _write_png_sequence}
 
 
-def save(images, path, fmt, fps, crf=DEFAULT_CRF, metadata=None, progress=None, max_side=0):
+def save(images, path, fmt, fps, crf=DEFAULT_CRF, metadata=None, progress=None, preview=None):
     """Encode IMAGE frames [N, H, W, 3] to `path` (a folder of numbered PNGs for "png").
 
-    Written atomically: to a hidden temporary name in the same folder, then renamed. `metadata`
-    maps keys to strings (mp4/webm tags, webp EXIF, PNG text; gif has no room for it). mp4 and
-    webm frames with an odd size are padded by one edge pixel. Returns `path`.
+    The batch is converted to uint8 once (to_uint8). Written atomically: to a hidden temporary
+    name in the same folder, then renamed. `metadata` maps keys to strings (mp4/webm tags, webp
+    EXIF, PNG text; gif has no room for it). mp4 and webm frames with an odd size are padded by one
+    edge pixel. `preview`, a path, also writes an animated webp preview (write_preview) from the
+    same converted frames. Returns `path`.
     """
     if fmt not in _WRITERS:
         raise VideoError(f"unknown format {fmt!r}; choose one of {', '.join(SAVE_FORMATS)}")
@@ -549,15 +908,40 @@ def save(images, path, fmt, fps, crf=DEFAULT_CRF, metadata=None, progress=None, 
         raise VideoError(f"{os.path.basename(path)}: no frames to save (the image batch is empty)")
     if not fps > 0:
         raise VideoError(f"{os.path.basename(path)}: fps must be above 0, got {fps}")
+    height, width = images.shape[1:3]
+    frames = to_uint8(images, even=fmt in _AV_FORMATS)
+    _write_atomic(_counted(iter(frames), len(frames), progress), path, fmt, fps, crf, dict(metadata or {}))
+    if preview:
+        write_preview(frames[:, :height, :width], preview, fps)
+    return path
+
+
+PREVIEW_SIDE = 256     # longest side of the animated preview
+PREVIEW_FRAMES = 48    # at most this many frames in it, evenly spread
+
+
+def write_preview(frames, path, fps, max_side=PREVIEW_SIDE, max_frames=PREVIEW_FRAMES):
+    """A small animated webp of uint8 frames [N, H, W, 3]: at most `max_frames` frames taken evenly
+    (each shown for as long as the frames it stands for, so it plays in real time), shrunk so that
+    neither side exceeds `max_side`, encoded at webp's fastest setting. Written atomically."""
+    step = max(1, math.ceil(len(frames) / max_frames))
+    frames = frames[::step]
+    h, w = frames.shape[1:3]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+    _write_atomic(iter(frames), path, "webp", fps / step, 0, {}, quality=80, method=0)
+
+
+def _write_atomic(frames, path, fmt, fps, crf, metadata, **options):
     folder, base = os.path.split(path)
     temporary = os.path.join(folder, f".{base}.{os.getpid()}.part")
-    frames = _counted(uint8_frames(images, even=fmt in _AV_FORMATS, max_side=max_side), len(images), progress)
     try:
-        _WRITERS[fmt](frames, temporary, fmt, fps, crf, dict(metadata or {}))
+        _WRITERS[fmt](frames, temporary, fmt, fps, crf, metadata, **options)
         os.replace(temporary, path)
     finally:
         _remove(temporary)
-    return path
 
 
 def _remove(path):

@@ -1,6 +1,8 @@
-"""Decode throughput and peak memory of the video loader against bare PyAV and OpenCV loops.
+"""Decode throughput and peak memory of the video loader against bare PyAV and OpenCV loops;
+with --part save, the save node's time against a bare PyAV encode loop.
 
     .cache/venv/bin/python benchmarks/video_io.py [--clip PATH] [--repeats N]
+    .cache/venv/bin/python benchmarks/video_io.py --part save [--clip PATH] [--repeats N] [--format mp4|webm]
 
 Every measurement runs in its own fresh subprocess (alternating, N times each), so the peak
 resident set size (getrusage ru_maxrss) belongs to that one decode. Each child imports numpy, av,
@@ -19,6 +21,19 @@ last frame. The contenders:
                uint8 frame written into every slot (the cost of producing the IMAGE tensor alone)
 
 The PyAV ones use frame threads (thread_type AUTO), as the loader does.
+
+--part save runs in one process with the host imported (its default torch threads): the clip is
+loaded once as an IMAGE batch, then alternately, --repeats times each:
+
+  bare-encode  the floor: the batch converted to uint8 in one torch expression, then a bare PyAV
+               loop (VideoFrame.from_ndarray rgb24 -> stream.encode -> mux) with the saver's codec,
+               crf, preset and pixel format
+  encode-only  the same loop on frames already converted to uint8 (outside the timing): the
+               encoder alone, a floor no saver that takes an IMAGE batch can reach
+  save-node    TA_SaveVideo.save: conversion, encode, metadata and the animated preview
+
+and prints the medians and the ratios save-node / bare-encode (goal <= 1.15) and save-node /
+encode-only, plus the PSNR of each file against the batch (the node's output must not change).
 """
 import argparse
 import json
@@ -63,7 +78,7 @@ def child(kind, clip):
         buffer = video._FrameBuffer(count, height, width)
         for _ in range(count):
             buffer.append(constant)
-        images = buffer.finish()
+        images = buffer.finish()[0]
     elif kind == "bare-cv2":
         capture = cv2.VideoCapture(clip)
         extra = {"backend": capture.getBackendName(), "threads": capture.get(cv2.CAP_PROP_N_THREADS)}
@@ -97,18 +112,105 @@ def measure(kind, clip):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def default_clip():
-    with open(os.path.join(REPO, ".cache", "manifest.json")) as f:
-        return json.load(f)["clips"]["bigbuckbunny.mp4"]
+def manifest():
+    with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
+        return json.load(f)
+
+
+def bare_encode(images, path, fmt, fps, crf):
+    """The floor: one torch conversion of the batch (IMAGE in), then PyAV's plain encode loop; with
+    a uint8 numpy batch, the encode loop alone."""
+    import av
+    import numpy as np
+    import torch
+    from fractions import Fraction
+    from temporal_adapter.adapter_core import video
+
+    frames = images if isinstance(images, np.ndarray) else \
+        images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    container_format, codec, options = video._AV_FORMATS[fmt]
+    with av.open(path, "w", format=container_format, options=options) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = video._codec_options(fmt, crf)
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def save_part(args):
+    """Save node against the bare PyAV encode loop, alternating in one process."""
+    import tempfile
+
+    import torch
+    from common import import_host
+
+    import_host(args.comfyui)
+    import folder_paths
+    from temporal_adapter.adapter_core import video
+    from temporal_adapter.nodes import video_nodes
+
+    scratch = tempfile.mkdtemp(prefix="ta_bench_save_")
+    folder_paths.set_output_directory(os.path.join(scratch, "output"))
+    folder_paths.set_temp_directory(os.path.join(scratch, "temp"))
+    images, fps, _, _ = video.load(args.clip)
+    node = video_nodes.TA_SaveVideo()
+    prompt, extra = {"1": {"class_type": "TA_SaveVideo", "inputs": {}}}, {"workflow": {"nodes": []}}
+    uint8 = images.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+    times = {"bare-encode": [], "encode-only": [], "save-node": []}
+    outputs = {}
+    for i in range(args.repeats + 1):  # the first round warms up and is not counted
+        for kind in times:
+            start = time.perf_counter()
+            if kind != "save-node":
+                path = os.path.join(scratch, f"{kind}_{i}.{args.format}")
+                bare_encode(images if kind == "bare-encode" else uint8, path, args.format, fps, video.DEFAULT_CRF)
+            else:
+                with torch.inference_mode():
+                    path = node.save(images, fps, "bench/clip", args.format, video.DEFAULT_CRF,
+                                     prompt, extra)["result"][0]
+            elapsed = time.perf_counter() - start
+            if i:
+                times[kind].append(elapsed)
+            outputs[kind] = path
+    medians = {kind: statistics.median(values) for kind, values in times.items()}
+    ratios = {base: [n / b for n, b in zip(times["save-node"], times[base])]
+              for base in ("bare-encode", "encode-only")}
+    print(f"clip {os.path.basename(args.clip)}: {len(images)} frames {images.shape[2]}x{images.shape[1]}, "
+          f"{args.format} crf {video.DEFAULT_CRF}; torch threads {torch.get_num_threads()}; "
+          f"{os.cpu_count()} CPUs; {args.repeats} alternating runs each after a warm-up; 1-min load "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    for kind, values in times.items():
+        psnr = _psnr(video.load(outputs[kind]).images, images)
+        print(f"{kind:12s} median {medians[kind]:6.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}  "
+              f"PSNR {psnr:.2f} dB")
+    for base, values in ratios.items():
+        print(f"ratio save-node / {base}: {medians['save-node'] / medians[base]:.3f} (medians); per "
+              f"alternating round {' '.join(f'{r:.2f}' for r in values)}, median {statistics.median(values):.3f}")
+
+
+def _psnr(a, b):
+    import math
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return 10 * math.log10(1 / mse) if mse else float("inf")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", default=None, help="video file (default: bigbuckbunny.mp4 from the cache)")
+    parser.add_argument("--part", choices=("load", "save"), default="load")
+    parser.add_argument("--clip", default=None, help="video file (default: bigbuckbunny.mp4 from the cache "
+                                                     "to load, bikes.mp4 to save)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--format", choices=("mp4", "webm"), default="mp4", help="--part save: the format")
+    parser.add_argument("--comfyui", default=None, help="--part save: the host (default: the cache's)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    clip = args.clip or default_clip()
+    if args.part == "save":
+        args.clip = args.clip or manifest()["clips"]["bikes.mp4"]
+        args.comfyui = args.comfyui or manifest()["comfyui"]
+        return save_part(args)
+    clip = args.clip or manifest()["clips"]["bigbuckbunny.mp4"]
     if args.child:
         return child(args.child, clip)
 

@@ -118,5 +118,14 @@ app.registerExtension({
 			attach(this);
 			return result;
 		};
+		// A workflow saved before resize_mode existed holds null in its slot (the place of the
+		// unserialized upload button): give the widget its default instead.
+		const configured = nodeType.prototype.onConfigure;
+		nodeType.prototype.onConfigure = function () {
+			const result = configured?.apply(this, arguments);
+			const mode = this.widgets?.find((w) => w.name === "resize_mode");
+			if (mode && !mode.options.values.includes(mode.value)) mode.value = mode.options.values[0];
+			return result;
+		};
 	},
 });

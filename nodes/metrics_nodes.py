@@ -29,7 +29,10 @@ class TA_ConsistencyMetrics:
                 "source": ("IMAGE", {
                     "tooltip": "The original frames (at least 2). Optical flow is computed on them."}),
                 "edited": ("IMAGE", {
-                    "tooltip": "The edited frames: same count, order and size as the source."}),
+                    "tooltip": "The edited frames: same count, order and size as the source. An edit "
+                               "that the VAE cropped to a multiple of 8 (64x48 from a 65x49 source) is "
+                               "compared with the same centre of the source; the report says which area "
+                               "was compared."}),
             },
             "optional": {
                 "latents": ("LATENT", {

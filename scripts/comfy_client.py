@@ -172,7 +172,8 @@ def ui_to_api(workflow, object_info):
         values = list(node.get("widgets_values") or [])
         i = 0
         for name, control in _widget_inputs(spec):
-            if i < len(values) and name is not None:
+            # null: a slot saved before this widget existed; the front end then shows the default
+            if i < len(values) and name is not None and values[i] is not None:
                 inputs[name] = values[i]
             i += 2 if control else 1
         for inp in node.get("inputs", []):

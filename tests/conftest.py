@@ -48,6 +48,30 @@ def clips(provisioned):
 
 
 @pytest.fixture(scope="session")
+def shared_cases():
+    """The real-world failing inputs of `shared/cases/` (read-only): beside the repo, as CI lays it
+    out (`../shared/cases`), or where TA_SHARED_CASES points (a worktree elsewhere)."""
+    folder = os.environ.get("TA_SHARED_CASES") or os.path.join(REPO, os.pardir, "shared", "cases")
+    if not os.path.isdir(folder):
+        pytest.skip(f"no shared cases folder at {os.path.abspath(folder)} (shared/ is laid beside the repo "
+                    "in CI; set TA_SHARED_CASES to run these tests elsewhere)")
+    return folder
+
+
+@pytest.fixture
+def case(shared_cases, tmp_path):
+    """case("video/rot90.mp4") -> a copy of that case file or folder in the test's tmp folder."""
+    import shutil
+
+    def copy(name):
+        source, target = os.path.join(shared_cases, name), str(tmp_path / os.path.basename(name))
+        (shutil.copytree if os.path.isdir(source) else shutil.copyfile)(source, target)
+        os.chmod(target, 0o755 if os.path.isdir(target) else 0o644)
+        return target
+    return copy
+
+
+@pytest.fixture(scope="session")
 def comfy_host(provisioned, tmp_path_factory):
     """The real ComfyUI imported in this process with --cpu, its folders pointed at temp dirs.
 

@@ -248,3 +248,20 @@ def test_plot_has_a_panel_per_metric_group(video):
     image = metrics.plot_report(report, width=640, height=900)
     assert image.shape == (900, 640, 3)
     assert not (image[600:, :320] == 255).all()  # the per-step panel fills the third row
+
+
+def test_an_edit_the_vae_cropped_is_compared_on_the_same_centre_of_the_source():
+    # ComfyUI's VAE encode keeps the centre: offset (side % 8) // 2, e.g. 3 for 70 -> 64.
+    assert metrics.vae_crop((49, 65), (48, 64)) == (0, 0)
+    assert metrics.vae_crop((70, 77), (64, 72)) == (3, 2)
+    assert metrics.vae_crop((70, 77), (64, 64)) == (3, 6)  # a VAE that crops to multiples of 16
+    assert metrics.vae_crop((70, 70), (60, 70)) is None and metrics.vae_crop((48, 64), (49, 65)) is None
+    rng = np.random.default_rng(0)
+    source = torch.from_numpy(rng.random((3, 70, 77, 3), dtype=np.float32))
+    edited = source[:, 3:67, 2:74]
+    report = metrics.consistency_report(source, edited)
+    assert report["compared"].startswith("compared the 72x64 area at x=2, y=3 of the 77x70 source")
+    assert report["warp_error"] == pytest.approx(report["source_warp_error"], abs=1e-7)  # same pixels
+    assert "72x64 area" in metrics.format_report(report).splitlines()[0]
+    with pytest.raises(ValueError, match=r"edited: frames are 70x60 but source frames are 77x70.*only the VAE"):
+        metrics.consistency_report(source, source[:, :60, :70])
