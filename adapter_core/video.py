@@ -172,28 +172,32 @@ def frame_orientation(frame):
 RESIZE_MODES = ("crop", "pad", "stretch")
 
 
-def fit(picture, width, height, mode="crop"):
-    """A [H, W, C] uint8/uint16 picture at width x height.
+def fit(picture, width, height, mode="crop", pixel_aspect=1.0):
+    """A [H, W, C] uint8/uint16 picture at width x height (square pixels).
 
     crop: scale to cover the target and cut the centre (keeps the aspect, loses edges);
     pad: scale to fit inside and add black, transparent borders (keeps the aspect and every pixel);
     stretch: scale each side on its own (changes the aspect).
-    Shrinking uses area averaging, enlarging bicubic interpolation (OpenCV).
+    pixel_aspect: the width of the picture's pixels over their height as a player shows them (a
+    video's sample aspect ratio, e.g. 128/117 for 176x144 shown as 193x144): aspects are those of
+    the shown picture. Shrinking uses area averaging, enlarging bicubic interpolation (OpenCV).
     """
     h, w = picture.shape[:2]
-    if (w, h) == (width, height):
+    if (w, h) == (width, height) and pixel_aspect == 1:
         return picture
     if mode not in RESIZE_MODES:
         raise VideoError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     inner = (width, height)
+    shown = w * pixel_aspect  # the picture's width in square pixels
     if mode == "crop":
-        scale = max(width / w, height / h)
-        cw, ch = min(w, max(1, round(width / scale))), min(h, max(1, round(height / scale)))
+        scale = max(width / shown, height / h)
+        cw = min(w, max(1, round(width / scale / pixel_aspect)))
+        ch = min(h, max(1, round(height / scale)))
         x, y = (w - cw) // 2, (h - ch) // 2
         picture = picture[y:y + ch, x:x + cw]
     elif mode == "pad":
-        scale = min(width / w, height / h)
-        inner = (min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale))))
+        scale = min(width / shown, height / h)
+        inner = (min(width, max(1, round(shown * scale))), min(height, max(1, round(h * scale))))
     shrink = inner[0] * inner[1] < picture.shape[0] * picture.shape[1]
     scaled = cv2.resize(np.ascontiguousarray(picture), inner,
                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
@@ -214,7 +218,9 @@ class VideoInfo:
 
     frame_count is estimated when the container has no index; duration runs from the first frame
     to the end of the last one. rotation (clockwise degrees) and mirrored tell how the stored frames
-    were turned upright; alpha whether frames carry transparency; bit_depth the bits per channel.
+    were turned upright; alpha whether frames carry transparency; bit_depth the bits per channel;
+    pixel_aspect the stored pixels' width over height as shown (a video's sample aspect ratio: not 1
+    for anamorphic footage, whose width and height here are the shown ones).
     """
     path: str
     fps: float
@@ -227,6 +233,7 @@ class VideoInfo:
     mirrored: bool = False
     alpha: bool = False
     bit_depth: int = 8
+    pixel_aspect: float = 1.0
 
     def as_dict(self):
         return asdict(self)
@@ -305,11 +312,16 @@ class _ContainerSource:
             fps = fps or (count / duration if duration else SEQUENCE_FPS)
             if not duration > 0:
                 duration = count / fps
-            width, height = self.orientation.size(first.width, first.height)
             ctx = stream.codec_context
+            sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+            sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
+            # stored pixels w:h = sar; turned upright by a transpose they are 1/sar
+            self.pixel_aspect = float(1 / sar if self.orientation.transpose else sar)
+            shown = (round(first.width * sar), first.height) if sar >= 1 else (first.width, round(first.height / sar))
+            width, height = self.orientation.size(*shown)
             self.info = VideoInfo(path, fps, int(count), duration, width, height, ctx.name,
                                   self.orientation.rotation, self.orientation.mirrored, self.alpha,
-                                  min(bits, 16))
+                                  min(bits, 16), self.pixel_aspect)
         except BaseException:
             self.container.close()
             raise
@@ -425,6 +437,7 @@ class _PillowSource:
         fps = count * 1000.0 / total_ms if total_ms else force_rate or stored or SEQUENCE_FPS
         self.end_time = total_ms / 1000.0 if total_ms else count / fps
         head = self.headers[0]
+        self.pixel_aspect = 1.0
         self.alpha = any(h.alpha for h in self.headers)
         self.info = VideoInfo(path, fps, count, self.end_time, head.width, head.height, kind,
                               head.orientation.rotation, head.orientation.mirrored, self.alpha,
@@ -754,7 +767,7 @@ def load(path, options=LoadOptions(), progress=None, available_bytes=None):
             if picture is previous:
                 buffer.repeat()
             else:
-                buffer.append(fit(picture, width, height, options.resize_mode))
+                buffer.append(fit(picture, width, height, options.resize_mode, source.pixel_aspect))
             previous = picture
             if progress is not None:
                 progress(buffer.count, max(expected, buffer.count))

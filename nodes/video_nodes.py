@@ -20,7 +20,8 @@ def _source_path(video, path):
 class TA_LoadVideo:
     DESCRIPTION = ("Loads a video (mp4/h264, webm/vp9, mov, mkv, avi, animated gif or webp) or a folder "
                    "of numbered images as an IMAGE batch, streaming the decode, as a player shows it: "
-                   "phone rotation (display matrix) and EXIF orientation applied, 10-bit video and "
+                   "phone rotation (display matrix), EXIF orientation and non-square pixels (sample "
+                   "aspect ratio) applied, 10-bit video and "
                    "16-bit images scaled from their own range, transparency as a MASK. Frame options "
                    f"apply in this order: {ORDER}. A clip too large for free memory is refused before "
                    "decoding.")
@@ -33,7 +34,8 @@ class TA_LoadVideo:
                        "select_every_nth, so they play in the source's real time.",
                        "Number of loaded frames.",
                        "Source fps, frame count, duration, upright width and height, codec, rotation "
-                       "(clockwise degrees) and mirroring applied, alpha and bit depth, and the loaded "
+                       "(clockwise degrees) and mirroring applied, alpha and bit depth, pixel aspect "
+                       "(the stored pixels' width over height: 1 unless the footage is anamorphic), and the loaded "
                        "frames' fps, count and size.",
                        "The same facts as one line of text.",
                        "1 - alpha [N, H, W] as ComfyUI's Load Image gives it (1 = transparent) for a "
@@ -129,7 +131,8 @@ class TA_LoadVideo:
         turned = [f"rotated {info.rotation}\u00b0 clockwise"] if info.rotation else []
         turned += ["mirrored"] if info.mirrored else []
         extras = turned + (["alpha -> mask"] if info.alpha else []) + \
-            ([f"{info.bit_depth}-bit"] if info.bit_depth > 8 else [])
+            ([f"{info.bit_depth}-bit"] if info.bit_depth > 8 else []) + \
+            ([f"pixel aspect {info.pixel_aspect:.4g}"] if info.pixel_aspect != 1 else [])
         text = (f"{os.path.basename(source)}: {info.width}x{info.height} {info.codec}"
                 f"{''.join(', ' + e for e in extras)}, {info.fps:.3f} fps, {info.frame_count} frames, "
                 f"{info.duration:.2f} s -> loaded {count} frames {width}x{height} at {fps:.3f} fps")

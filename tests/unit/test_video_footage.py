@@ -31,11 +31,14 @@ def pattern(height, width, seed=0):
     return np.clip(rgb + seed, 0, 255).astype(np.uint8)
 
 
-def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv444p", options=None, container_format=None):
+def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv444p", options=None, container_format=None,
+                sample_aspect=None):
     with av.open(path, "w", format=container_format) as out:
         stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = pix_fmt
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
         stream.options = options if options is not None else {"qp": "0"}
         source = "rgba" if frames[0].shape[2] == 4 else "rgb24"
         for rgb in frames:
@@ -104,6 +107,33 @@ def test_every_display_matrix_rotation_and_flip_loads_as_defined(tmp_path, abcd)
     assert psnr(images[0], expected / 255.0) > 40
     assert (info.rotation, info.mirrored) == ORIENTATIONS[abcd]
     assert (info.width, info.height) == (expected.shape[1], expected.shape[0])
+
+
+@pytest.mark.parametrize("turned", [False, True], ids=["upright", "turned 90"])
+def test_non_square_pixels_load_as_a_player_shows_them(tmp_path, turned):
+    """Anamorphic footage stores pixels wider (or taller) than square, with a sample aspect ratio
+    that players apply: stored 32x24 at 2:1 shows 64x24; a display matrix turns the shown picture."""
+    stored = pattern(24, 32)
+    path = write_video(str(tmp_path / "wide.mp4"), [stored] * 2, sample_aspect=Fraction(2, 1))
+    shown = cv2.resize(stored, (64, 24), interpolation=cv2.INTER_CUBIC)
+    if turned:
+        set_display_matrix(path, [0, 1 << 16, 0, -1 << 16, 0, 0, 0, 0, 1 << 30])
+        shown = displayed(shown, 0, 1, -1, 0)
+    images, _, info, _ = video.load(path)
+    assert images.shape[1:] == shown.shape and (info.width, info.height) == (shown.shape[1], shown.shape[0])
+    assert info.pixel_aspect == (0.5 if turned else 2.0)
+    assert psnr(images[0], shown / 255.0) > 35
+    # a custom square size keeps the shown aspect: the centre square of the shown picture
+    side = min(shown.shape[:2])
+    square = video.load(path, video.LoadOptions(width=side, height=side)).images[0]
+    y, x = (shown.shape[0] - side) // 2, (shown.shape[1] - side) // 2
+    assert psnr(square, shown[y:y + side, x:x + side] / 255.0) > 30
+
+
+def test_the_sample_clip_with_non_square_pixels_is_193_wide(clips):
+    # carphone_pristine.mp4: 176x144 stored, sample aspect ratio 128/117, shown 193x144 by browsers
+    images, _, info, _ = video.load(clips["carphone_pristine.mp4"], video.LoadOptions(frame_load_cap=2))
+    assert images.shape == (2, 144, 193, 3) and info.pixel_aspect == pytest.approx(128 / 117)
 
 
 def test_orientation_of_a_display_matrix_between_quarter_turns_snaps_to_the_nearest():
