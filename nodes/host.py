@@ -83,9 +83,54 @@ def metadata_enabled():
     return not comfy.cli_args.args.disable_metadata
 
 
-def save_location(filename_prefix, width=0, height=0, directory=None):
-    """ComfyUI's prefix convention: returns (folder, filename, counter, subfolder)."""
+# Bytes a saver may add to the last part of a prefix: "_00001_", an extension, a temporary-file suffix.
+NAME_RESERVE = 32
+WINDOWS_REFUSED = '<>:"|?*'
+
+
+def check_file_name(text, input_name="filename_prefix", directory=None, reserve=NAME_RESERVE,
+                    example="TemporalAdapter/video"):
+    """Raise ValueError naming `input_name` and the fix unless every part of the relative path `text`
+    is a name the file system of `directory` (default: the output folder) can store, with `reserve`
+    bytes to spare in the last part: not empty, no NUL or other control character (nor <>:"|?* on
+    Windows), encodable in the file system's encoding, and no part longer than its name limit.
+    Checked before anything is created, so a refused name leaves no file or folder behind."""
+    if not text.strip():
+        raise ValueError(f"{input_name}: is empty; give a name such as {example!r}.")
+    for i, char in enumerate(text):
+        if ord(char) < 32 or ord(char) == 127 or (os.name == "nt" and char in WINDOWS_REFUSED):
+            raise ValueError(f"{input_name}: the character U+{ord(char):04X} at position {i} cannot be part of a "
+                             f"file name; remove it.")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{input_name}: the character U+{ord(text[e.start]):04X} at position {e.start} cannot be "
+                         "stored by this file system; remove it.") from None
     directory = directory or output_directory()
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)  # the limit of the folder it will be made in
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        limit = 255
+    parts = [p for p in os.path.normpath(text).replace("\\", "/").split("/") if p]
+    for i, part in enumerate(parts):
+        spare = reserve if i == len(parts) - 1 else 0
+        if len(os.fsencode(part)) + spare > limit:
+            raise ValueError(f"{input_name}: the name {part[:24]!r}... is {len(os.fsencode(part))} bytes long; this "
+                             f"folder allows {limit - spare} here; shorten it.")
+
+
+def save_location(filename_prefix, width=0, height=0, directory=None):
+    """ComfyUI's prefix convention: returns (folder, filename, counter, subfolder). The prefix is
+    checked first (`check_file_name`, and that it stays inside `directory`, default the output
+    folder): ValueError naming filename_prefix, before any folder is made."""
+    directory = directory or output_directory()
+    check_file_name(filename_prefix, directory=directory)
+    target = os.path.abspath(os.path.join(directory, os.path.dirname(os.path.normpath(filename_prefix))))
+    if os.path.commonpath((os.path.abspath(directory), target)) != os.path.abspath(directory):
+        raise ValueError(f"filename_prefix: {filename_prefix!r} leads outside the output folder; give a path inside "
+                         "it, such as 'TemporalAdapter/video'.")
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, directory, width, height)
     return folder, filename, counter, subfolder
@@ -432,11 +477,6 @@ def select_conditioning(conditioning, rows, frames):
     return out
 
 
-def conditioning_frames(conditioning):
-    """Largest batch of a CONDITIONING's tensors (1 = one prompt for all frames)."""
-    return max(c[0].shape[0] for c in conditioning)
-
-
 # ---- sampling through the host ------------------------------------------------------------------
 
 def make_sampler(sampler_fn, options=None):
@@ -512,7 +552,9 @@ def adapter_save_path(name):
     """Where to write adapter `name` (a plain file name ending .safetensors) in the first folder."""
     if os.path.basename(name) != name or not name.endswith(".safetensors") or name.startswith("."):
         raise ValueError(f"adapter file name must be a plain name ending in .safetensors, got {name!r}")
-    return os.path.join(folder_paths.get_folder_paths(ADAPTER_FOLDER)[0], name)
+    folder = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
+    check_file_name(name, "filename_prefix", folder)
+    return os.path.join(folder, name)
 
 
 def text_width(model):

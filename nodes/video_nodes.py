@@ -3,7 +3,7 @@ import json
 import os
 
 from ..adapter_core import video as core
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/video"
 PREVIEW_SIDE = 512  # longest side of the animated preview shown in the saver node
@@ -18,6 +18,7 @@ def _source_path(video, path):
     return core.resolve_path(video, [host.input_directory()])
 
 
+@checks.checked_inputs
 class TA_LoadVideo:
     DESCRIPTION = ("Loads a video (mp4/h264, webm/vp9, mov, mkv, avi, animated gif or webp) or a folder "
                    "of numbered images as an IMAGE batch, streaming the decode. Frame options apply in "
@@ -107,6 +108,7 @@ class TA_LoadVideo:
         return images, fps, count, details, text
 
 
+@checks.checked_inputs
 class TA_SaveVideo:
     DESCRIPTION = ("Saves an IMAGE batch as a browser-playable file in the output folder: mp4 (h264, "
                    "yuv420p), webm (vp9), animated gif or webp, or a folder of PNG frames. Written "

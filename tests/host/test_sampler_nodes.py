@@ -387,7 +387,7 @@ def test_bad_input_gives_clear_errors(comfy_host, mods, setup):
     with pytest.raises(ValueError, match="adapter does not fit: frames is 3 in the adapter but 6 in the clip"):
         sample(mods, model, edit, negative, inv, adapter=three_frames, use_adapter=True)
     two_prompts = [[torch.cat([edit[0][0]] * 2), dict(edit[0][1])]]
-    with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the 6 frames"):
+    with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the latent's 6 frames"):
         sample(mods, model, two_prompts, negative, inv)
 
 
