@@ -495,7 +495,7 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
     progress: optional callable(step, total_steps, denoised) called after every step.
     seed: passed to the host (for patches and conditioning that draw random numbers).
     """
-    sampler = make_sampler(sampler_fn, options)
+    sampler = make_sampler(_frames_checked(sampler_fn), options)
     noise = torch.zeros_like(latent)
     if negative is None:  # cfg 1: the host skips the uncond pass; the same cond keeps every host happy
         negative = positive
@@ -507,6 +507,23 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
 
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
                                       callback=callback, disable_pbar=True, seed=seed)
+
+
+# Transformer option set during the runs of `run_sampler`: the node running it has matched every
+# per-frame conditioning to the frames it samples (which may be a chunk of the clip).
+FRAMES_CHECKED = "temporal_adapter_frames_checked"
+
+
+def _frames_checked(sampler_fn):
+    """`sampler_fn` whose runs carry the FRAMES_CHECKED transformer option (a copy of the model options)."""
+    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        extra_args = dict(extra_args or {})
+        model_options = dict(extra_args.get("model_options") or {})
+        model_options["transformer_options"] = {**(model_options.get("transformer_options") or {}),
+                                                FRAMES_CHECKED: True}
+        extra_args["model_options"] = model_options
+        return sampler_fn(model, x, sigmas, extra_args, callback, disable, **kwargs)
+    return run
 
 
 def model_space(model, latent):
@@ -590,7 +607,11 @@ def adapter_model(model, adapter):
     """A CLONE of `model` with the adapter's LoRAs installed as object patches (the host puts them in
     at load and restores the originals after) and a UNet function wrapper that tells the LoRAs the
     current timestep, so they act only inside the adapter's window. An existing wrapper is kept
-    (called inside ours); existing patches are kept. The incoming MODEL is untouched."""
+    (called inside ours); existing patches are kept. The incoming MODEL is untouched.
+
+    Outside our own nodes' runs (which check the frames themselves, see FRAMES_CHECKED), the wrapper
+    refuses (ValueError) a model call whose batch holds another number of frames than the adapter's:
+    the host would otherwise cut or repeat the per-frame conditioning to fit, without a word."""
     adapter.check_fits(text_width(model), adapter.frames, attention_linears(model))
     clone = model.clone()
     window = TimestepWindow(adapter.window.lo, adapter.window.hi)  # this clone's own switch
@@ -603,6 +624,12 @@ def adapter_model(model, adapter):
     schedule = model_sampling(model)
 
     def unet_function(apply_model, args):
+        if not (args["c"].get("transformer_options") or {}).get(FRAMES_CHECKED):
+            frames = args["input"].shape[0] // max(len(args.get("cond_or_uncond") or ()), 1)
+            if frames != adapter.frames:
+                raise ValueError(f"adapter: it was trained on {adapter.frames} frames but the sampler runs {frames} "
+                                 f"frames at once; sample a latent of {adapter.frames} frames (connect the latent "
+                                 "to Apply Adapter to have this checked before sampling).")
         window.timestep = float(schedule.timestep(args["timestep"]).max())
         try:
             if previous is not None:
