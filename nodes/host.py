@@ -238,14 +238,55 @@ def _digest(h, value):
         h.update(repr(value).encode())
 
 
+FINGERPRINT_SAMPLES = 4096  # values hashed per UNet tensor, spread evenly over it (all of a smaller one)
+
+
+def _checkpoint_weights(model):
+    """(name, tensor) of every UNet parameter and buffer as the checkpoint gave them. While a clone of
+    the model is loaded, the host holds that clone's patches applied in place in the shared model:
+    weight patches (the originals kept in `backup`: a tensor on the 2024 host, a (weight,
+    inplace_update) tuple on newer ones) and object patches that swap whole modules (e.g. an
+    adapter's LoRA layers; the originals in `object_patches_backup`). Clones share both dicts (the
+    2024 host starts a new module dict at each unpatch), so the originals are read from the dicts of
+    the model and of every loaded patcher of the same model."""
+    weights, modules = {}, {}
+    loaded = [getattr(m, "model", None) for m in comfy.model_management.current_loaded_models]
+    for patcher in [model, *loaded]:
+        if patcher is not None and getattr(patcher, "model", None) is model.model:
+            weights.update(getattr(patcher, "backup", None) or {})
+            modules.update(getattr(patcher, "object_patches_backup", None) or {})
+
+    def walk(module, path):
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None:
+                saved = weights.get(f"diffusion_model.{path}{name}")
+                yield f"{path}{name}", tensor if saved is None else getattr(saved, "weight", saved)
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from walk(modules.get(f"diffusion_model.{path}{name}", child), f"{path}{name}.")
+    return walk(model.model.diffusion_model, "")
+
+
 def model_fingerprint(model):
-    """Content fingerprint of a ModelPatcher: architecture, a sample of weights, its weight patches
-    (keys, strengths and a sample of their values) and its noise schedule and prediction type (the
-    `model_sampling` object patch that e.g. ModelSamplingDiscrete sets, else the model's own)."""
+    """Content fingerprint of a ModelPatcher, the same in every process: architecture; every UNet
+    tensor's name, shape and FINGERPRINT_SAMPLES values at an even stride over it (the checkpoint's
+    own values, not those of patches applied in place); its weight patches (keys, strengths and a
+    sample of their values); and its noise schedule and prediction type (the `model_sampling` object
+    patch that e.g. ModelSamplingDiscrete sets, else the model's own).
+
+    A change to any tensor of at most FINGERPRINT_SAMPLES values, and any change that touches a
+    larger tensor throughout (a merge, a baked-in LoRA, fine-tuning), changes it; one edited value
+    of a large tensor between the sampled ones does not. Cost: `benchmarks/inversion.py --part
+    fingerprint` (a small fraction of a percent of an inversion)."""
     h = hashlib.sha256(model_family(model).encode())
-    params = list(model.model.diffusion_model.parameters())
-    for p in params[:4] + params[-4:]:
-        h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    samples = []
+    for name, tensor in _checkpoint_weights(model):
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, -(-flat.numel() // FINGERPRINT_SAMPLES))  # ceil: at most FINGERPRINT_SAMPLES values
+        samples.append(flat[::stride].float())
+    if samples:
+        h.update(torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy().tobytes())
     for key in sorted(model.patches):
         h.update(key.encode())
         _digest(h, model.patches[key])
