@@ -112,7 +112,8 @@ def _optimizer_state(path, tensors, groups):
         state.setdefault(int(parts[1]), {})[parts[2]] = tensors.pop(key)
     if groups is None:
         return None
-    if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups):
         raise InvalidAdapterFile(path, "metadata 'optimizer_groups' must be a list of parameter groups")
     return {"state": state, "param_groups": groups}
 
@@ -264,7 +265,8 @@ class Adapter:
                                  family=meta["family"])
             adapter.module.load_state_dict(tensors, strict=True)
         except (RuntimeError, ValueError) as e:
-            raise InvalidAdapterFile(path, f"its tensors do not match its metadata ({' '.join(str(e).split())})") from None
+            reason = " ".join(str(e).split())  # torch's message, on one line
+            raise InvalidAdapterFile(path, f"its tensors do not match its metadata ({reason})") from None
         adapter.optimizer_state = adapter_state
         adapter.metadata = meta
         return adapter

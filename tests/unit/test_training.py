@@ -115,8 +115,9 @@ def test_nan_loss_undoes_the_update_before_it_and_a_resume_continues_exactly():
     assert all(torch.equal(x, y) for x, y in zip(state(adapter).values(), state(whole).values()))
 
 
-@pytest.mark.parametrize("lr,reason", [(1e30, "the loss became NaN/inf"),
-                                       (1e3, r"the loss exploded to [0-9.e+]+, over 1000x every earlier loss \([0-9.]+ at most\)")])
+@pytest.mark.parametrize("lr,reason", [
+    (1e30, "the loss became NaN/inf"),
+    (1e3, r"the loss exploded to [0-9.e+]+, over 1000x every earlier loss \([0-9.]+ at most\)")])
 def test_a_diverging_learning_rate_keeps_the_weights_before_the_update_that_diverged(tmp_path, lr, reason):
     """Three good steps, then a resumed run at a learning rate that blows up its first update (AdamW
     moves every weight by about lr): the adapter, its AdamW state and its file are those of step 3."""
