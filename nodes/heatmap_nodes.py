@@ -69,8 +69,8 @@ class AttentionHeatmaps:
                      "frames noised to it (the inversion's latents when an inversion is connected). sample: a "
                      "full DDIM sampling run (from the inversion's noise, else from the noised frames). invert: "
                      "a DDIM inversion of the frames (no CFG)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps of the schedule "
-                      "(ignored when an inversion is connected: its schedule is used)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps of the "
+                      "schedule (ignored when an inversion is connected: its schedule is used)."}),
             "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance scale "
                     "when a negative prompt is connected (probe and sample). Only the conditional half is recorded."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed for "

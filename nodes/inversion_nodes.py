@@ -71,8 +71,8 @@ class BilateralDDIMInversion:
             "conditioning": ("CONDITIONING", {"tooltip": "The SOURCE prompt describing the original clip "
                              "(one prompt, or one per frame)."}),
             "latent": ("LATENT", {"tooltip": "The clip's frames encoded with VAE Encode."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; use the same "
-                      "number in the sampler."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; use the "
+                      "same number in the sampler."}),
             **_filter_inputs(),
             "refine": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Fixed-point refinements per "
                        "inversion step (one extra model call each). 0 is plain DDIM inversion; 2-3 make the "

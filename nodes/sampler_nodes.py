@@ -79,8 +79,8 @@ class ConsistencySampler:
             "positive": ("CONDITIONING", {"tooltip": "The EDIT prompt (one, or one per frame)."}),
             "negative": ("CONDITIONING", {"tooltip": "The negative prompt; also the prompt of the source passes "
                          "of source-feature injection (plug-and-play uses an empty prompt there)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; with an INVERSION it "
-                      "must equal the inversion's steps (its schedule is used)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; with an "
+                      "INVERSION it must equal the inversion's steps (its schedule is used)."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
                     "Classifier-free guidance scale (> 0; 1 runs without the negative branch)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Passed to the host "
