@@ -23,6 +23,11 @@ def scaled_linear_sigmas(beta_start=0.00085, beta_end=0.012, timesteps=1000, dty
     return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt().to(dtype)
 
 
+# The most DDIM steps every spacing can take on a 1000-step model: "leading" steps start at timestep
+# 1 and stop one short of the schedule's end.
+MAX_STEPS = 999
+
+
 def schedule(model_sigmas, steps, spacing="leading"):
     """DDIM sampling sigmas: `steps` uniformly spaced training timesteps, descending, then 0.
 
@@ -36,7 +41,8 @@ def schedule(model_sigmas, steps, spacing="leading"):
     """
     n = model_sigmas.shape[0]
     if not 1 <= steps <= n - (spacing == "leading"):
-        raise ValueError(f"steps must be in [1, {n - (spacing == 'leading')}] for {spacing!r} spacing, got {steps}")
+        raise ValueError(f"steps: {steps} does not fit this model's {n}-step schedule with {spacing!r} spacing; use "
+                         f"1 to {n - (spacing == 'leading')} steps")
     i = torch.arange(steps, device=model_sigmas.device)
     if spacing == "leading":
         timesteps = (1 + i * (n // steps)).flip(0)

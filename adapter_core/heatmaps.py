@@ -142,10 +142,11 @@ def choose_timesteps(text, schedule_timesteps):
     """Timesteps to capture, as schedule entries (ints, descending).
 
     text: "auto" (or empty): the two schedule steps nearest to 932 and 941 (the theory paper's
-        figure); "all": every step; else comma-separated training timesteps, each snapped to the
-        nearest schedule step.
+        figure); "all": every step; else comma-separated training timesteps, each one inside the
+        schedule's span snapped to the nearest schedule step.
     schedule_timesteps: the run's timesteps (descending ints).
-    A value farther than half a step from the schedule raises ValueError listing the schedule.
+    A value outside the span (below the schedule's lowest step or above its highest, e.g. 0 or -3
+    for a schedule ending at 1) or not a number raises ValueError listing the schedule.
     """
     schedule = [int(t) for t in schedule_timesteps]
     key = text.strip().lower()
@@ -154,22 +155,28 @@ def choose_timesteps(text, schedule_timesteps):
         return sorted(ranked[:2], reverse=True)
     if key == "all":
         return schedule
-    spacing = (schedule[0] - schedule[-1]) / (len(schedule) - 1) if len(schedule) > 1 else 1
-    listing = ", ".join(map(str, schedule))
+    listing = _listing(schedule)
     chosen = set()
     for part in filter(None, (p.strip() for p in key.replace(";", ",").split(","))):
         try:
-            value = int(float(part))
-        except ValueError:
-            raise ValueError(f"timesteps: cannot read {part!r}; write e.g. '941, 921', 'auto' or 'all'") from None
-        nearest = min(schedule, key=lambda t: abs(t - value))
-        if abs(nearest - value) > spacing / 2:
-            raise ValueError(f"timesteps: {value} is outside the schedule of {len(schedule)} steps "
+            value = round(float(part))
+        except (ValueError, OverflowError):  # not a number, or nan / inf
+            raise ValueError(f"timesteps: cannot read {part!r} as a step of the schedule of {len(schedule)} steps "
+                             f"({listing}); choose from these, or 'auto' / 'all'") from None
+        if not min(schedule) <= value <= max(schedule):
+            raise ValueError(f"timesteps: {part} is outside the schedule of {len(schedule)} steps "
                              f"({listing}); choose from these, or 'auto' / 'all'")
-        chosen.add(nearest)
+        chosen.add(min(schedule, key=lambda t: abs(t - value)))
     if not chosen:
         raise ValueError("timesteps: empty; write e.g. '941, 921', 'auto' or 'all'")
     return sorted(chosen, reverse=True)
+
+
+def _listing(schedule, head=24):
+    """The schedule's timesteps as text, the middle elided when there are more than `head`."""
+    if len(schedule) <= head:
+        return ", ".join(map(str, schedule))
+    return f"{', '.join(map(str, schedule[:head - 4]))}, ..., {', '.join(map(str, schedule[-3:]))}"
 
 
 def block_grid(tokens, height, width):

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load_file, save_file
 
+from .finite import all_finite
+
 FORMAT_VERSION = 1
 
 
@@ -110,6 +112,8 @@ class InversionCache:
         try:
             inv = Inversion.load(path)
         except Exception:  # a damaged entry is a miss, never an error
+            inv = None
+        if inv is None or not all_finite(inv.trajectory, inv.sigmas):
             os.remove(path)
             return None
         os.utime(path)

@@ -23,7 +23,8 @@ class TimestepWindow:
 
     def __init__(self, lo=DEFAULT_WINDOW[0], hi=DEFAULT_WINDOW[1]):
         if not 0 <= lo < hi:
-            raise ValueError(f"LoRA window: need 0 <= t_lo < t_hi, got [{lo}, {hi})")
+            raise ValueError(f"LoRA window: window_start must be at least 0 and below window_end, got [{lo}, {hi}); "
+                             "the LoRA acts for timesteps t with window_start <= t < window_end")
         self.lo, self.hi = float(lo), float(hi)
         self.timestep = None
 

@@ -21,7 +21,8 @@ class PromptTokens(nn.Module):
     def __init__(self, shared, unshared, width, frames, vision=None, init_std=1.0, generator=None):
         super().__init__()
         if shared < 0 or unshared < 0 or shared + unshared < 1:
-            raise ValueError(f"need shared, unshared >= 0 and at least one token, got {shared}, {unshared}")
+            raise ValueError(f"shared_tokens and unshared_tokens: need at least one token (and no negative count), "
+                             f"got {shared} and {unshared}")
         if vision is not None and vision.shape[0] != frames:
             raise ValueError(f"vision embeddings: {vision.shape[0]} frames, expected {frames}")
         self.width, self.frames, self.unshared_count = int(width), int(frames), int(unshared)

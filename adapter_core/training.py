@@ -8,6 +8,7 @@ LoRAs must be installed in that model and read `adapter.window`, which the train
 batch's timestep. Nothing here knows the host.
 """
 import contextlib
+import copy
 import dataclasses
 import math
 
@@ -15,17 +16,25 @@ import cv2
 import numpy as np
 import torch
 
+from .finite import all_finite
 from .temporal_loss import FORMS, REDUCES, cosine_similarity_adjacent, temporal_loss
 from .theory import estimate_lipschitz, safe_step
 
 OPTIMIZERS = ("adamw", "gd")
 AUTO_ADAMW_LR = 1e-2  # per-clip tuning: measured on the test clip (see tests/unit/test_training.py)
-BACKTRACK = 20
-RECORDED = ("total", "denoise", "temporal")  # halvings of the plain-GD step before a step is given up
+BACKTRACK = 20  # halvings of the plain-GD step before a step is given up
+RECORDED = ("total", "denoise", "temporal")
+EXPLODED = 1e3  # a loss above this multiple of every earlier loss of the adapter counts as divergence
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss or its gradient was NaN/inf; the adapter still holds the last completed step."""
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf or exploded (or its gradient became NaN/inf). The adapter holds the
+    weights from before the update that diverged; the message says which learning rate to try."""
+
+
+def suggested_lr(lr):
+    """The learning rate to try after `lr` diverged: a tenth of it, or the default when it was far above."""
+    return AUTO_ADAMW_LR if lr > 10 * AUTO_ADAMW_LR else lr / 10
 
 
 @dataclasses.dataclass
@@ -119,10 +128,46 @@ class Objective(torch.nn.Module):
         return denoise_loss + s.lam * temporal, denoise_loss, temporal
 
 
-def _finite_or_raise(step, *tensors):
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
-        raise NonFiniteLoss(f"training stopped: the loss or its gradient became NaN/inf at step {step + 1}; the "
-                            f"adapter keeps the weights of step {step} (try a lower learning rate or λ)")
+def _divergence(total, history):
+    """Why the loss `total` of a step means training diverged, or None."""
+    value = float(total.detach())
+    if not math.isfinite(value):
+        return "the loss became NaN/inf"
+    worst = max((r["total"] for r in history), default=None)
+    if worst is not None and value > EXPLODED * worst:
+        return f"the loss exploded to {value:.4g}, over {EXPLODED:g}x every earlier loss ({worst:.4g} at most)"
+    return None
+
+
+def _diverged(reason, step, kept, lr, undone=True):
+    before = ", from before the update that diverged" if undone else ""
+    return TrainingDiverged(
+        f"training diverged at step {step + 1}: {reason}. The adapter keeps the weights of step {kept}{before}. "
+        f"Try learning_rate {suggested_lr(lr):g} instead of {lr:g} (or a lower temporal_weight)")
+
+
+class _Rollback:
+    """The adapter's weights and AdamW state from before the last update, to return to it when the next
+    loss shows that update diverged (a few MB: the adapter, not the model)."""
+
+    def __init__(self, params, opt):
+        self.params, self.opt = params, opt
+        self.saved = None
+
+    def keep(self):
+        self.saved = ([p.detach().clone() for p in self.params], copy.deepcopy(self.opt.state_dict()))
+
+    def restore(self):
+        """Undo the last update; False when there is none to undo (no update yet in this run)."""
+        if self.saved is None:
+            return False
+        weights, state = self.saved
+        with torch.no_grad():
+            for p, w in zip(self.params, weights):
+                p.copy_(w)
+        self.opt.load_state_dict(state)
+        self.saved = None
+        return True
 
 
 def train(adapter, denoise, latents, text, sigmas, settings, progress=None, check_interrupt=None):
@@ -133,7 +178,11 @@ def train(adapter, denoise, latents, text, sigmas, settings, progress=None, chec
     progress(step, total, record): after each completed step; record = {"step", "total",
     "denoise", "temporal", "lr"} (also appended to adapter.metadata["loss_history"]).
     check_interrupt(): called before each step; may raise to stop (the adapter then holds the last
-    completed step). NonFiniteLoss is raised (adapter unchanged by that step) on NaN/inf.
+    completed step).
+    TrainingDiverged is raised when a step's loss is NaN/inf or over EXPLODED times every earlier
+    loss, or an update leaves NaN/inf weights: the update that caused it is undone (weights, AdamW
+    state and its loss record), so the adapter holds the last step whose weights were good. A NaN/inf
+    gradient of a finite loss stops without undoing anything. Nothing non-finite stays in the adapter.
     Returns the loss history.
     """
     frames = latents.shape[0]
@@ -150,32 +199,45 @@ def train(adapter, denoise, latents, text, sigmas, settings, progress=None, chec
         if adapter.optimizer_state is not None:  # resume: keep the moments, take this run's settings
             opt.load_state_dict(adapter.optimizer_state)
             opt.param_groups[0].update(lr=lr, weight_decay=settings.weight_decay)
-        gd = None
+        gd, rollback = None, _Rollback(shared + others, opt)
     else:
         opt, gd = None, PlainGD(objective, draw(0), settings)
-    for step in range(len(history), settings.steps):
-        if check_interrupt is not None:
-            check_interrupt()
-        for p in others:
-            p.requires_grad_(step < settings.shared_only_from())
+    try:
+        for step in range(len(history), settings.steps):
+            if check_interrupt is not None:
+                check_interrupt()
+            for p in others:
+                p.requires_grad_(step < settings.shared_only_from())
+            for p in shared + others:
+                p.grad = None
+            if gd is not None:
+                total, d, tmp, lr = gd.step(step, shared + others)
+            else:
+                total, d, tmp = objective(draw(step))
+                reason = _divergence(total, history)
+                if reason is not None:
+                    undone = rollback.restore()
+                    if undone:
+                        history.pop()
+                        adapter.optimizer_state = opt.state_dict()
+                    raise _diverged(reason, step, len(history), lr, undone)
+                total.backward()
+                if not all_finite(*(p.grad for p in shared + others if p.grad is not None)):
+                    raise _diverged("its gradient became NaN/inf", step, len(history), lr, undone=False)
+                rollback.keep()
+                opt.step()
+                if not all_finite(*shared, *others):
+                    rollback.restore()
+                    raise _diverged("the update made weights NaN/inf", step, len(history), lr)
+                adapter.optimizer_state = opt.state_dict()
+            record = {"step": step + 1, "lr": lr, **{k: float(v.detach()) for k, v in zip(RECORDED, (total, d, tmp))}}
+            history.append(record)
+            if progress is not None:
+                progress(step + 1, settings.steps, record)
+    finally:
         for p in shared + others:
+            p.requires_grad_(True)
             p.grad = None
-        if gd is not None:
-            total, d, tmp, lr = gd.step(step, shared + others)
-        else:
-            total, d, tmp = objective(draw(step))
-            _finite_or_raise(step, total)
-            total.backward()
-            _finite_or_raise(step, *(p.grad for p in shared + others if p.grad is not None))
-            opt.step()
-            adapter.optimizer_state = opt.state_dict()
-        record = {"step": step + 1, "lr": lr, **{k: float(v.detach()) for k, v in zip(RECORDED, (total, d, tmp))}}
-        history.append(record)
-        if progress is not None:
-            progress(step + 1, settings.steps, record)
-    for p in shared + others:
-        p.requires_grad_(True)
-        p.grad = None
     return history
 
 
@@ -225,9 +287,11 @@ class PlainGD:
         if self.eta is None:
             self.eta = self.estimate_step(trainable)
         total, d, tmp = self.objective(self.batch)
-        _finite_or_raise(step, total)
+        if not all_finite(total):  # the decrease check never takes a step to a non-finite loss
+            raise _diverged("the loss became NaN/inf", step, step, self.eta, undone=False)
         grads = torch.autograd.grad(total, trainable)
-        _finite_or_raise(step, *grads)
+        if not all_finite(*grads):
+            raise _diverged("its gradient became NaN/inf", step, step, self.eta, undone=False)
         before = [p.detach().clone() for p in trainable]
         eta = self.eta
         with torch.no_grad():

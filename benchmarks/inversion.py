@@ -7,9 +7,12 @@
 The inverter's content cache is cleared before every run. Runs alternate; times are medians.
 Then peak memory (resident set size, sampled every ms, minus the level before the run) of inverting
 16 and 64 frames at frames_per_chunk 16 with the temporal filter, each in a fresh subprocess.
+`--part fingerprint`: the model fingerprint (the inversion cache key and the sampler's model check,
+computed on every run of the inverter, sampler, readout and heatmaps) as a fraction of one inversion
+(filter off, cache cleared) of the same model in the same process; medians after a warm-up.
 
 Run from the repo root:  .cache/venv/bin/python benchmarks/inversion.py [--checkpoint NAME] [--frames N]
-[--part all|timing|memory]
+[--part all|timing|memory|fingerprint]
 """
 import argparse
 import json
@@ -23,7 +26,7 @@ import time
 
 import torch
 
-from common import CHECKPOINTS, DEFAULT_COMFYUI, PeakRSS, import_host
+from common import CHECKPOINTS, DEFAULT_COMFYUI, PeakRSS, import_host, seconds
 
 
 def setup(args):
@@ -70,11 +73,13 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-steps", type=int, default=2)
-    ap.add_argument("--part", choices=["all", "timing", "memory"], default="all")
+    ap.add_argument("--part", choices=["all", "timing", "memory", "fingerprint"], default="all")
     ap.add_argument("--memory-frames", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_frames:
         return memory_child(args)
+    if args.part == "fingerprint":
+        return fingerprint(args)
     if args.part != "memory":
         timing(args)
     if args.part != "timing":
@@ -111,6 +116,20 @@ def timing(args):
           f"{args.repeats} repeats, torch threads {torch.get_num_threads()}")
     for name, ts in times.items():
         print(f"  {name:45s} {statistics.median(ts):8.2f} s   {statistics.median(ts) / base:5.3f}x")
+
+
+def fingerprint(args):
+    model, cond, blocks, host, nodes_mod = setup(args)
+    lat = latent(args.frames, args.size)
+    unet = model.model.diffusion_model.state_dict()
+    with torch.inference_mode():
+        key = seconds(lambda: host.model_fingerprint(model), max(args.repeats, 9))
+        inversion = seconds(lambda: invert(nodes_mod, host, model, cond, lat, args.steps, "off", blocks, 0),
+                            args.repeats)
+    print(f"{args.checkpoint} ({len(unet)} UNet tensors, {sum(t.numel() for t in unet.values()) / 1e6:.0f}M values), "
+          f"torch threads {torch.get_num_threads()}: fingerprint {key * 1000:.1f} ms; inversion of {args.frames} "
+          f"frames, {args.size}x{args.size} latents, {args.steps} steps {inversion:.2f} s; "
+          f"ratio {key / inversion * 100:.3f} %")
 
 
 def memory(args):

@@ -1,5 +1,6 @@
 """Shared/unshared token adapter with windowed LoRA (method.md §3): train, save, load, apply."""
 import logging
+import math
 import os
 import time
 
@@ -10,7 +11,7 @@ from ..adapter_core.adapter import TYPE_NAME, Adapter
 from ..adapter_core.attention import parse_blocks
 from ..adapter_core.lora import DEFAULT_WINDOW
 from ..adapter_core.temporal_loss import FORMS, REDUCES
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/adapter"
 LOSS_EVENT = "temporal_adapter.loss"
@@ -39,8 +40,6 @@ def _latent_frames(latent, name="latent"):
     x = latent["samples"]
     if x.ndim != 4 or x.shape[0] < 2:
         raise ValueError(f"{name}: expected encoded frames [frames >= 2, 4, H/8, W/8], got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or infinite values; check the VAE Encode upstream.")
     return x
 
 
@@ -52,8 +51,9 @@ def _learning_rate(text):
         value = float(text)
     except ValueError:
         raise ValueError(f"learning_rate: write a positive number or 'auto', got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"learning_rate: must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"learning_rate: must be a finite number > 0, got {text!r}; try 'auto' "
+                         f"({training.AUTO_ADAMW_LR:g} for AdamW)")
     return value
 
 
@@ -64,13 +64,16 @@ def _autosave(adapter, reason):
     return adapter.save(path)
 
 
+@checks.checked_inputs
 class TA_TrainAdapter:
     DESCRIPTION = ("Trains a temporal adapter on the user's own clip: S shared tokens (same for every frame), U "
                    "tokens per frame, and rank-r LoRA on q/k/v/out of the UNet's attention, active only inside a "
                    "timestep window. Loss = noise-prediction MSE at timesteps drawn from the window + lambda x "
                    "temporal loss between adjacent frames' self-attention outputs. The final fraction of steps "
-                   "updates only the shared tokens. The MODEL itself is never changed. Interrupting (or a NaN "
-                   "loss) saves the adapter of the last completed step to models/temporal_adapters.")
+                   "updates only the shared tokens. The MODEL itself is never changed. Interrupting saves the "
+                   "adapter of the last completed step to models/temporal_adapters; a loss that becomes NaN or "
+                   "explodes saves the adapter from before the update that diverged and names a learning rate to "
+                   "try.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = (TYPE_NAME, "IMAGE", "INT")
@@ -140,10 +143,8 @@ class TA_TrainAdapter:
         family = host.check_supported(model)
         x = _latent_frames(latent)
         frames = x.shape[0]
+        checks.clip_inputs(model, frames, conditioning=conditioning)
         text = conditioning[0][0]
-        if text.shape[0] not in (1, frames):
-            raise ValueError(f"conditioning: batch of {text.shape[0]} prompts does not match the latent's "
-                             f"{frames} frames; use one prompt, or one per frame.")
         settings = training.TrainSettings(
             steps=steps, lr=_learning_rate(learning_rate), optimizer=optimizer, lam=temporal_weight, form=temporal_form,
             reduce=temporal_reduce, shared_only_fraction=shared_only_fraction, seed=seed,
@@ -172,8 +173,8 @@ class TA_TrainAdapter:
             with host.TrainingDenoiser(model, adapter, features) as denoise:
                 training.train(adapter, denoise, host.model_space(model, x).clone(), text.clone(),
                                host.model_sigmas(model), settings, progress, host.check_interrupt)
-        except training.NonFiniteLoss as e:
-            raise ValueError(f"{e}. {self._kept(adapter, done_before, 'nan')}") from None
+        except training.TrainingDiverged as e:
+            raise ValueError(f"{e}. {self._kept(adapter, done_before, 'diverged')}") from None
         except BaseException:  # interrupt (or any error): nothing trained so far is lost
             logging.warning("Temporal Adapter trainer stopped. %s", self._kept(adapter, done_before, "interrupted"))
             raise
@@ -186,7 +187,8 @@ class TA_TrainAdapter:
     @staticmethod
     def _kept(adapter, done_before, reason):
         if len(adapter.metadata["loss_history"]) == done_before:
-            return "No step had completed; nothing was saved."
+            return "No step of this run had completed, so nothing was saved" + (
+                " (the adapter it resumed from is unchanged)." if done_before else ".")
         return f"The adapter of the last completed step was saved to {_autosave(adapter, reason)}."
 
     @staticmethod
@@ -204,6 +206,7 @@ class TA_TrainAdapter:
                               family=family)
 
 
+@checks.checked_inputs
 class TA_SaveAdapter:
     DESCRIPTION = ("Saves an adapter as safetensors (atomic write) in models/temporal_adapters, with its metadata: "
                    "format version, base model family and width, token counts, frame count, training settings "
@@ -236,6 +239,7 @@ class TA_SaveAdapter:
         return {"ui": {"text": [f"saved {name}"]}, "result": (name,)}
 
 
+@checks.checked_inputs
 class TA_LoadAdapter:
     DESCRIPTION = ("Loads an adapter from models/temporal_adapters and checks that it fits the model (text width, "
                    "attention layers) and the clip (frame count); a mismatch names the field and both values.")
@@ -266,14 +270,19 @@ class TA_LoadAdapter:
         path = host.adapter_path(adapter_name)
         if path is None:
             raise ValueError(f"adapter_name: {adapter_name} is not in models/temporal_adapters")
+        frames = _latent_frames(latent).shape[0]
         adapter = Adapter.load(path)
-        if adapter.metadata["family"] != host.model_family(model):
-            raise ValueError(f"adapter does not fit: family is {adapter.metadata['family']} in the adapter but "
-                             f"{host.model_family(model)} in the model")
-        adapter.check_fits(host.text_width(model), _latent_frames(latent).shape[0], host.attention_linears(model))
+        try:
+            if adapter.metadata["family"] != host.model_family(model):
+                raise ValueError(f"adapter does not fit: family is {adapter.metadata['family']} in the adapter but "
+                                 f"{host.model_family(model)} in the model")
+            adapter.check_fits(host.text_width(model), frames, host.attention_linears(model))
+        except ValueError as e:
+            raise ValueError(f"{adapter_name}: {e}") from None
         return (adapter,)
 
 
+@checks.checked_inputs
 class TA_ApplyAdapter:
     DESCRIPTION = ("Applies an adapter: returns a clone of the model with the adapter's LoRA (active only inside its "
                    "timestep window) and the conditioning with the adapter's tokens prepended for each frame. "

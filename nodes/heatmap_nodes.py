@@ -8,7 +8,7 @@ from PIL import Image
 from ..adapter_core import ddim
 from ..adapter_core import heatmaps as core
 from ..adapter_core.attention import parse_blocks
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/heatmaps"
 MODES = ["probe", "sample", "invert"]
@@ -24,6 +24,7 @@ def _latent(latent):
     return x
 
 
+@checks.checked_inputs
 class AttentionHeatmaps:
     DESCRIPTION = ("Cross-attention heatmaps (DAAM style): records softmax(QK^T/sqrt(d)) of the UNet's "
                    "cross-attention for chosen words, blocks and timesteps while running a single-step probe, a "
@@ -61,14 +62,15 @@ class AttentionHeatmaps:
                        "(a bare number is an output block). auto: decoder blocks 4-11 (SD1.5 output blocks 4..11) "
                        "that the model has. A block the model lacks is an error listing its blocks."}),
             "timesteps": ("STRING", {"default": "auto", "tooltip": "Training timesteps to record, e.g. '941, 921', "
-                          "each snapped to the nearest step of the schedule. auto: the two schedule steps nearest "
+                          "each snapped to the nearest step of the schedule; a value outside the schedule (e.g. 0 "
+                          "when it ends at 1) is an error listing its steps. auto: the two schedule steps nearest "
                           "932 and 941 (the theory paper's figure); all: every step."}),
             "mode": (MODES, {"default": "probe", "tooltip": "probe: one model call per chosen timestep on the "
                      "frames noised to it (the inversion's latents when an inversion is connected). sample: a "
                      "full DDIM sampling run (from the inversion's noise, else from the noised frames). invert: "
                      "a DDIM inversion of the frames (no CFG)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps of the schedule "
-                      "(ignored when an inversion is connected: its schedule is used)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps of the "
+                      "schedule (ignored when an inversion is connected: its schedule is used)."}),
             "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance scale "
                     "when a negative prompt is connected (probe and sample). Only the conditional half is recorded."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed for "
@@ -103,9 +105,8 @@ class AttentionHeatmaps:
         if images is not None and images.shape[0] != frames:
             raise ValueError(f"images: {images.shape[0]} frames, but the latent has {frames}; connect the frames "
                              "that were encoded")
-        if inversion is not None and tuple(inversion.source.shape) != tuple(x.shape):
-            raise ValueError(f"inversion: its latents {tuple(inversion.source.shape)} differ from the latent here "
-                             f"{tuple(x.shape)}; connect the inversion of these frames")
+        checks.clip_inputs(model, frames, inversion, x.shape, conditioning=conditioning, negative=negative,
+                           baseline_conditioning=baseline_conditioning)
         tokens, start_id, end_id = host.prompt_tokens(clip, text)
         context = max(c[0].shape[1] for c in conditioning)
         if context != shared_tokens + unshared_tokens + len(tokens):

@@ -83,9 +83,54 @@ def metadata_enabled():
     return not comfy.cli_args.args.disable_metadata
 
 
-def save_location(filename_prefix, width=0, height=0, directory=None):
-    """ComfyUI's prefix convention: returns (folder, filename, counter, subfolder)."""
+# Bytes a saver may add to the last part of a prefix: "_00001_", an extension, a temporary-file suffix.
+NAME_RESERVE = 32
+WINDOWS_REFUSED = '<>:"|?*'
+
+
+def check_file_name(text, input_name="filename_prefix", directory=None, reserve=NAME_RESERVE,
+                    example="TemporalAdapter/video"):
+    """Raise ValueError naming `input_name` and the fix unless every part of the relative path `text`
+    is a name the file system of `directory` (default: the output folder) can store, with `reserve`
+    bytes to spare in the last part: not empty, no NUL or other control character (nor <>:"|?* on
+    Windows), encodable in the file system's encoding, and no part longer than its name limit.
+    Checked before anything is created, so a refused name leaves no file or folder behind."""
+    if not text.strip():
+        raise ValueError(f"{input_name}: is empty; give a name such as {example!r}.")
+    for i, char in enumerate(text):
+        if ord(char) < 32 or ord(char) == 127 or (os.name == "nt" and char in WINDOWS_REFUSED):
+            raise ValueError(f"{input_name}: the character U+{ord(char):04X} at position {i} cannot be part of a "
+                             f"file name; remove it.")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{input_name}: the character U+{ord(text[e.start]):04X} at position {e.start} cannot be "
+                         "stored by this file system; remove it.") from None
     directory = directory or output_directory()
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)  # the limit of the folder it will be made in
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        limit = 255
+    parts = [p for p in os.path.normpath(text).replace("\\", "/").split("/") if p]
+    for i, part in enumerate(parts):
+        spare = reserve if i == len(parts) - 1 else 0
+        if len(os.fsencode(part)) + spare > limit:
+            raise ValueError(f"{input_name}: the name {part[:24]!r}... is {len(os.fsencode(part))} bytes long; this "
+                             f"folder allows {limit - spare} here; shorten it.")
+
+
+def save_location(filename_prefix, width=0, height=0, directory=None):
+    """ComfyUI's prefix convention: returns (folder, filename, counter, subfolder). The prefix is
+    checked first (`check_file_name`, and that it stays inside `directory`, default the output
+    folder): ValueError naming filename_prefix, before any folder is made."""
+    directory = directory or output_directory()
+    check_file_name(filename_prefix, directory=directory)
+    target = os.path.abspath(os.path.join(directory, os.path.dirname(os.path.normpath(filename_prefix))))
+    if os.path.commonpath((os.path.abspath(directory), target)) != os.path.abspath(directory):
+        raise ValueError(f"filename_prefix: {filename_prefix!r} leads outside the output folder; give a path inside "
+                         "it, such as 'TemporalAdapter/video'.")
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, directory, width, height)
     return folder, filename, counter, subfolder
@@ -193,14 +238,55 @@ def _digest(h, value):
         h.update(repr(value).encode())
 
 
+FINGERPRINT_SAMPLES = 4096  # values hashed per UNet tensor, spread evenly over it (all of a smaller one)
+
+
+def _checkpoint_weights(model):
+    """(name, tensor) of every UNet parameter and buffer as the checkpoint gave them. While a clone of
+    the model is loaded, the host holds that clone's patches applied in place in the shared model:
+    weight patches (the originals kept in `backup`: a tensor on the 2024 host, a (weight,
+    inplace_update) tuple on newer ones) and object patches that swap whole modules (e.g. an
+    adapter's LoRA layers; the originals in `object_patches_backup`). Clones share both dicts (the
+    2024 host starts a new module dict at each unpatch), so the originals are read from the dicts of
+    the model and of every loaded patcher of the same model."""
+    weights, modules = {}, {}
+    loaded = [getattr(m, "model", None) for m in comfy.model_management.current_loaded_models]
+    for patcher in [model, *loaded]:
+        if patcher is not None and getattr(patcher, "model", None) is model.model:
+            weights.update(getattr(patcher, "backup", None) or {})
+            modules.update(getattr(patcher, "object_patches_backup", None) or {})
+
+    def walk(module, path):
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None:
+                saved = weights.get(f"diffusion_model.{path}{name}")
+                yield f"{path}{name}", tensor if saved is None else getattr(saved, "weight", saved)
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from walk(modules.get(f"diffusion_model.{path}{name}", child), f"{path}{name}.")
+    return walk(model.model.diffusion_model, "")
+
+
 def model_fingerprint(model):
-    """Content fingerprint of a ModelPatcher: architecture, a sample of weights, its weight patches
-    (keys, strengths and a sample of their values) and its noise schedule and prediction type (the
-    `model_sampling` object patch that e.g. ModelSamplingDiscrete sets, else the model's own)."""
+    """Content fingerprint of a ModelPatcher, the same in every process: architecture; every UNet
+    tensor's name, shape and FINGERPRINT_SAMPLES values at an even stride over it (the checkpoint's
+    own values, not those of patches applied in place); its weight patches (keys, strengths and a
+    sample of their values); and its noise schedule and prediction type (the `model_sampling` object
+    patch that e.g. ModelSamplingDiscrete sets, else the model's own).
+
+    A change to any tensor of at most FINGERPRINT_SAMPLES values, and any change that touches a
+    larger tensor throughout (a merge, a baked-in LoRA, fine-tuning), changes it; one edited value
+    of a large tensor between the sampled ones does not. Cost: `benchmarks/inversion.py --part
+    fingerprint` (a small fraction of a percent of an inversion)."""
     h = hashlib.sha256(model_family(model).encode())
-    params = list(model.model.diffusion_model.parameters())
-    for p in params[:4] + params[-4:]:
-        h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    samples = []
+    for name, tensor in _checkpoint_weights(model):
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, -(-flat.numel() // FINGERPRINT_SAMPLES))  # ceil: at most FINGERPRINT_SAMPLES values
+        samples.append(flat[::stride].float())
+    if samples:
+        h.update(torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy().tobytes())
     for key in sorted(model.patches):
         h.update(key.encode())
         _digest(h, model.patches[key])
@@ -432,11 +518,6 @@ def select_conditioning(conditioning, rows, frames):
     return out
 
 
-def conditioning_frames(conditioning):
-    """Largest batch of a CONDITIONING's tensors (1 = one prompt for all frames)."""
-    return max(c[0].shape[0] for c in conditioning)
-
-
 # ---- sampling through the host ------------------------------------------------------------------
 
 def make_sampler(sampler_fn, options=None):
@@ -455,7 +536,7 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
     progress: optional callable(step, total_steps, denoised) called after every step.
     seed: passed to the host (for patches and conditioning that draw random numbers).
     """
-    sampler = make_sampler(sampler_fn, options)
+    sampler = make_sampler(_frames_checked(sampler_fn), options)
     noise = torch.zeros_like(latent)
     if negative is None:  # cfg 1: the host skips the uncond pass; the same cond keeps every host happy
         negative = positive
@@ -467,6 +548,23 @@ def run_sampler(model, sampler_fn, sigmas, positive, negative, latent, cfg=1.0, 
 
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
                                       callback=callback, disable_pbar=True, seed=seed)
+
+
+# Transformer option set during the runs of `run_sampler`: the node running it has matched every
+# per-frame conditioning to the frames it samples (which may be a chunk of the clip).
+FRAMES_CHECKED = "temporal_adapter_frames_checked"
+
+
+def _frames_checked(sampler_fn):
+    """`sampler_fn` whose runs carry the FRAMES_CHECKED transformer option (a copy of the model options)."""
+    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        extra_args = dict(extra_args or {})
+        model_options = dict(extra_args.get("model_options") or {})
+        model_options["transformer_options"] = {**(model_options.get("transformer_options") or {}),
+                                                FRAMES_CHECKED: True}
+        extra_args["model_options"] = model_options
+        return sampler_fn(model, x, sigmas, extra_args, callback, disable, **kwargs)
+    return run
 
 
 def model_space(model, latent):
@@ -512,7 +610,9 @@ def adapter_save_path(name):
     """Where to write adapter `name` (a plain file name ending .safetensors) in the first folder."""
     if os.path.basename(name) != name or not name.endswith(".safetensors") or name.startswith("."):
         raise ValueError(f"adapter file name must be a plain name ending in .safetensors, got {name!r}")
-    return os.path.join(folder_paths.get_folder_paths(ADAPTER_FOLDER)[0], name)
+    folder = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
+    check_file_name(name, "filename_prefix", folder)
+    return os.path.join(folder, name)
 
 
 def text_width(model):
@@ -548,7 +648,11 @@ def adapter_model(model, adapter):
     """A CLONE of `model` with the adapter's LoRAs installed as object patches (the host puts them in
     at load and restores the originals after) and a UNet function wrapper that tells the LoRAs the
     current timestep, so they act only inside the adapter's window. An existing wrapper is kept
-    (called inside ours); existing patches are kept. The incoming MODEL is untouched."""
+    (called inside ours); existing patches are kept. The incoming MODEL is untouched.
+
+    Outside our own nodes' runs (which check the frames themselves, see FRAMES_CHECKED), the wrapper
+    refuses (ValueError) a model call whose batch holds another number of frames than the adapter's:
+    the host would otherwise cut or repeat the per-frame conditioning to fit, without a word."""
     adapter.check_fits(text_width(model), adapter.frames, attention_linears(model))
     clone = model.clone()
     window = TimestepWindow(adapter.window.lo, adapter.window.hi)  # this clone's own switch
@@ -561,6 +665,12 @@ def adapter_model(model, adapter):
     schedule = model_sampling(model)
 
     def unet_function(apply_model, args):
+        if not (args["c"].get("transformer_options") or {}).get(FRAMES_CHECKED):
+            frames = args["input"].shape[0] // max(len(args.get("cond_or_uncond") or ()), 1)
+            if frames != adapter.frames:
+                raise ValueError(f"adapter: it was trained on {adapter.frames} frames but the sampler runs {frames} "
+                                 f"frames at once; sample a latent of {adapter.frames} frames (connect the latent "
+                                 "to Apply Adapter to have this checked before sampling).")
         window.timestep = float(schedule.timestep(args["timestep"]).max())
         try:
             if previous is not None:

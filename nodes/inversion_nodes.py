@@ -5,9 +5,10 @@ import torch
 from ..adapter_core import ddim
 from ..adapter_core.attention import TemporalAttn1Filter, latent_bilateral, parse_blocks
 from ..adapter_core.chunking import chunk_plan, run_chunked
+from ..adapter_core.finite import all_finite
 from ..adapter_core.inversion import (Inversion, InversionCache, inversion_key, reconstruction_report,
                                       tensor_digest)
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/inversion"
 FILTERS = ["off", "temporal", "spatial"]
@@ -48,11 +49,10 @@ def _validate_latent(latent, name="latent"):
     if x.ndim != 4:
         raise ValueError(f"{name}: expected image latents [frames, 4, H/8, W/8], got shape {tuple(x.shape)}; "
                          "video (3-D) latents are not supported.")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or infinite values; check the VAE Encode upstream.")
     return x
 
 
+@checks.checked_inputs
 class BilateralDDIMInversion:
     DESCRIPTION = ("Inverts encoded video frames to noise with deterministic DDIM (eta 0) on the model's own "
                    "schedule, conditioned on the source prompt without CFG, optionally with an edge-preserving "
@@ -71,8 +71,8 @@ class BilateralDDIMInversion:
             "conditioning": ("CONDITIONING", {"tooltip": "The SOURCE prompt describing the original clip "
                              "(one prompt, or one per frame)."}),
             "latent": ("LATENT", {"tooltip": "The clip's frames encoded with VAE Encode."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps; use the same "
-                      "number in the sampler."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; use the "
+                      "same number in the sampler."}),
             **_filter_inputs(),
             "refine": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Fixed-point refinements per "
                        "inversion step (one extra model call each). 0 is plain DDIM inversion; 2-3 make the "
@@ -88,10 +88,7 @@ class BilateralDDIMInversion:
         family = host.check_supported(model)
         x = _validate_latent(latent)
         frames = x.shape[0]
-        cond_frames = host.conditioning_frames(conditioning)
-        if cond_frames not in (1, frames):
-            raise ValueError(f"conditioning: batch of {cond_frames} prompts does not match the latent's "
-                             f"{frames} frames; use one prompt, or one per frame.")
+        checks.clip_inputs(model, frames, conditioning=conditioning)
         block_ids = parse_blocks(blocks, host.transformer_blocks(model)) if filter == "temporal" else []
         # checked before the cache lookup, so a bad chunk size is an error whether or not the result is cached
         plan = chunk_plan(frames, frames_per_chunk, kernel // 2 if filter == "temporal" and frames >= 3 else 0)
@@ -138,6 +135,10 @@ class BilateralDDIMInversion:
             return torch.stack(trajectory[::-1]).to(torch.float32).cpu()  # descending sigma order
 
         trajectory = run_chunked(plan, invert_chunk, dim=1)
+        if not all_finite(trajectory):  # never cached, never passed on
+            raise ValueError("model: the inversion came out NaN or infinite (nothing was cached): the model gives "
+                             "non-finite outputs on these frames; check the model and what patches it upstream (a "
+                             "LoRA or merge with broken weights)")
         if patch is not None and patch.skipped:
             notes.append("temporal filter skipped in a chunk with fewer than 3 frames")
         return Inversion(trajectory, sigmas, settings, source_key, model_key, notes)
@@ -152,6 +153,7 @@ class BilateralDDIMInversion:
         return "\n".join(lines + inv.notes)
 
 
+@checks.checked_inputs
 class InversionReconstruct:
     DESCRIPTION = ("Samples back from an INVERSION with the same steps and temporal filter (plain DDIM, cfg 1) and reports "
                    "per-frame and mean PSNR of the reconstruction against the source, in latent space and, given a "
@@ -176,7 +178,7 @@ class InversionReconstruct:
 
     def reconstruct(self, model, conditioning, inversion, filename_prefix, vae=None):
         host.check_supported(model)
-        inversion.check_compatible(host.model_fingerprint(model))
+        checks.clip_inputs(model, inversion.frames, inversion, conditioning=conditioning)
         bar = host.Progress(inversion.steps)
         model, _ = _with_temporal_filter(model, inversion.settings, inversion.frames)
         recon = host.run_sampler(model, ddim.sample_ddim, inversion.sigmas, conditioning, None,
@@ -195,6 +197,7 @@ class InversionReconstruct:
         return {"ui": {"text": [text]}, "result": ({"samples": recon}, text)}
 
 
+@checks.checked_inputs
 class DDIMInversionSampler:
     DESCRIPTION = ("A SAMPLER for SamplerCustom: deterministic DDIM inversion (model evaluated at the destination "
                    "timestep). Connect FlipSigmas(BasicScheduler ddim_uniform) as sigmas, cfg 1, and disable "

@@ -3,11 +3,12 @@
 import torch
 
 from ..adapter_core import metrics
-from . import host
+from . import checks, host
 
 DEFAULT_PREFIX = "temporal_adapter/metrics"
 
 
+@checks.checked_inputs
 class TA_ConsistencyMetrics:
     DESCRIPTION = ("Measures the temporal consistency of an edited clip against its source: warp error "
                    "and warped SSIM along optical flow computed on the source (OpenCV DIS, occlusions "
@@ -49,9 +50,6 @@ class TA_ConsistencyMetrics:
         }
 
     def measure(self, source, edited, latents=None, clip_vision=None, filename_prefix=DEFAULT_PREFIX):
-        if not filename_prefix.strip():
-            raise ValueError("filename_prefix: is empty; give a name such as "
-                             f"'{DEFAULT_PREFIX}' for the JSON report")
         embed = host.image_embedder(clip_vision) if clip_vision is not None else None
         report = metrics.consistency_report(
             source, edited, latents=None if latents is None else latents["samples"], embed=embed,

@@ -11,7 +11,7 @@ from ..adapter_core.attention import (ContextTokens, KeyframeAttention, SourceIn
                                       auto_blocks, keyframe_indices)
 from ..adapter_core.chunking import run_blended
 from ..adapter_core.sampling import PNP_FRACTIONS, StepCosine, plan_runs, sample_consistent
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/sampling"
 FILTER_BLOCKS = [("output", 9), ("output", 10)]  # the two highest-resolution SD1.5 decoder blocks
@@ -49,13 +49,13 @@ def _start(model, steps, inversion, latent):
         raise ValueError(f"latent: expected image latents [frames, 4, H/8, W/8], got {tuple(latent['samples'].shape)}")
     if inversion is None:
         return latent["samples"], ddim.schedule(host.model_sigmas(model), steps)
-    inversion.check_compatible(host.model_fingerprint(model), None if latent is None else latent["samples"].shape)
     if steps != inversion.steps:
         raise ValueError(f"steps: the inversion was made with {inversion.steps} steps; set steps to "
                          f"{inversion.steps} (or invert again with {steps})")
     return host.latent_space(model, inversion.noise), inversion.sigmas
 
 
+@checks.checked_inputs
 class ConsistencySampler:
     DESCRIPTION = ("Edits a clip with deterministic DDIM from its inversion (or a noise LATENT) under the edit "
                    "prompt, with CFG and temporal-consistency mechanisms that can each be switched on: 1. the "
@@ -79,8 +79,8 @@ class ConsistencySampler:
             "positive": ("CONDITIONING", {"tooltip": "The EDIT prompt (one, or one per frame)."}),
             "negative": ("CONDITIONING", {"tooltip": "The negative prompt; also the prompt of the source passes "
                          "of source-feature injection (plug-and-play uses an empty prompt there)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps; with an INVERSION it "
-                      "must equal the inversion's steps (its schedule is used)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": ddim.MAX_STEPS, "tooltip": "DDIM steps; with an "
+                      "INVERSION it must equal the inversion's steps (its schedule is used)."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
                     "Classifier-free guidance scale (> 0; 1 runs without the negative branch)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Passed to the host "
@@ -120,10 +120,8 @@ class ConsistencySampler:
             raise ValueError(f"cfg: must be > 0, got {cfg}; use 1 for no guidance")
         x, sigmas = _start(model, steps, inversion, latent)
         frames, notes = x.shape[0], []
-        for name, cond in (("positive", positive), ("negative", negative)):
-            if host.conditioning_frames(cond) not in (1, frames):
-                raise ValueError(f"{name}: batch of {host.conditioning_frames(cond)} prompts does not match the "
-                                 f"{frames} frames; use one prompt, or one per frame.")
+        checks.clip_inputs(model, frames, inversion, None if latent is None else latent["samples"].shape,
+                           positive=positive, negative=negative)
         if inject_source and inversion is None:
             notes.append("source injection skipped: it needs an INVERSION")
             inject_source = False
@@ -215,6 +213,7 @@ class ConsistencySampler:
         return "\n".join(lines + notes)
 
 
+@checks.checked_inputs
 class ConsistencySamplerCustom:
     DESCRIPTION = ("A SAMPLER for SamplerCustom: deterministic DDIM (eta 0) with the temporal bilateral filter "
                    "on self-attention outputs and keyframe attention over the frames of the batch. Injection, "

@@ -3,7 +3,7 @@ import json
 import os
 
 from ..adapter_core import video as core
-from . import host
+from . import checks, host
 
 CATEGORY = "Temporal Adapter/video"
 ORDER = "force_rate -> skip_first_frames -> select_every_nth -> frame_load_cap -> resize"
@@ -17,6 +17,7 @@ def _source_path(video, path):
     return core.resolve_path(video, [host.input_directory()])
 
 
+@checks.checked_inputs
 class TA_LoadVideo:
     DESCRIPTION = ("Loads a video (mp4/h264, webm/vp9, mov, mkv, avi, animated gif or webp) or a folder "
                    "of numbered images as an IMAGE batch, streaming the decode, as a player shows it: "
@@ -139,6 +140,7 @@ class TA_LoadVideo:
         return images, fps, count, details, text, mask
 
 
+@checks.checked_inputs
 class TA_SaveVideo:
     DESCRIPTION = ("Saves an IMAGE batch as a browser-playable file in the output folder: mp4 (h264, "
                    "yuv420p), webm (vp9), animated gif or webp, or a folder of PNG frames. Written "

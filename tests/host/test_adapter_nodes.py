@@ -14,6 +14,7 @@ CLIP-vision token form) on the same 8 frames at 64 px (8x8 latents), where they 
 """
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -280,14 +281,38 @@ def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods,
         with pytest.raises(ValueError, match="width is 1024 in the adapter but 768 in the model"):
             nodes.TA_LoadAdapter().load("wide.safetensors", model, latent)
         (adapter_dir / "broken.safetensors").write_bytes(b"not a safetensors file at all")
-        with pytest.raises(ValueError, match="not a readable adapter file"):
+        with pytest.raises(ValueError, match="broken.safetensors: not a valid adapter file: it cannot be read"):
             nodes.TA_LoadAdapter().load("broken.safetensors", model, latent)
-    with pytest.raises(ValueError, match="NaN/inf at step"):
-        train(mods, small, 6, learning_rate="1e30")
-    saved = [f for f in os.listdir(adapter_dir) if f.startswith("nan-")]
-    assert len(saved) == 1
-    good = Adapter.load(str(adapter_dir / saved[0]))
-    assert all(torch.isfinite(p).all() for p in good.module.parameters())
+    two = train(mods, small, 2, shared_only_fraction=0.0)[0]
+    with pytest.raises(ValueError, match=r"training diverged at step 4: the loss (became NaN/inf|exploded .*)\. The "
+                                         r"adapter keeps the weights of step 2, from before the update that diverged\. "
+                                         r"Try learning_rate 0\.01 instead of 1e\+30 .* No step of this run had "
+                                         r"completed, so nothing was saved \(the adapter it resumed from is unchanged"):
+        train(mods, small, 6, adapter=two, learning_rate="1e30")
+    calls, denoise = [0], host.TrainingDenoiser.__call__
+
+    def nan_at_step_four(self, x, sigma, context):
+        calls[0] += 1
+        out, features = denoise(self, x, sigma, context)
+        return (out * float("nan"), features) if calls[0] == 4 else (out, features)
+    host.TrainingDenoiser.__call__ = nan_at_step_four
+    try:
+        with pytest.raises(ValueError, match=r"training diverged at step 4: the loss became NaN/inf\. The adapter "
+                                             r"keeps the weights of step 2, from before the update that diverged\..* "
+                                             r"The adapter of the last completed step was saved to .*diverged-"):
+            train(mods, small, 6, shared_only_fraction=0.0)
+    finally:
+        host.TrainingDenoiser.__call__ = denoise
+    saved = [f for f in os.listdir(adapter_dir) if f.startswith("diverged-")]
+    assert len(saved) == 1 and saved[0].endswith("-step2.safetensors")
+    assert same_state(Adapter.load(str(adapter_dir / saved[0])), two)  # the weights before the update at step 3
+    for text in ("nan", "inf", "-1", "fast"):
+        with pytest.raises(ValueError, match=rf"learning_rate: (must be a finite number > 0, got '{text}'|write a "
+                                             "positive number or 'auto')"):
+            train(mods, small, 2, learning_rate=text)
+    with pytest.raises(ValueError, match=r"LoRA window: window_start must be at least 0 and below window_end, got "
+                                         r"\[900, 900\)"):
+        train(mods, small, 2, window_start=900, window_end=900)
 
     send = host.send_event
 
@@ -304,6 +329,34 @@ def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods,
     stopped = [f for f in os.listdir(adapter_dir) if f.startswith("interrupted-")]
     assert len(stopped) == 1 and Adapter.load(str(adapter_dir / stopped[0])).metadata["loss_history"][-1]["step"] == 3
     assert not [f for f in os.listdir(adapter_dir) if f.startswith(".partial")]
+
+
+def test_load_adapter_refuses_a_misfit_or_damaged_file_by_name(mods, small, adapter_dir):
+    """A LoRA whose shape does not fit the model names the file, the layer and both shapes; a file with bad
+    metadata or NaN weights is "not a valid adapter file" (every form: tests/unit/test_tokens_lora_adapter.py)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    nodes, host = mods
+    model, latent = small[0], small[3]
+    linears = host.attention_linears(model)
+    layer, (i, o) = sorted(linears.items())[0]
+    Adapter.create(768, FRAMES, {**linears, layer: (i + 8, o)}).save(str(adapter_dir / "misfit.safetensors"))
+    good = Adapter.create(768, FRAMES, linears).save(str(adapter_dir / "good.safetensors"))
+    tensors = load_file(good)
+    save_file(tensors, str(adapter_dir / "nojson.safetensors"), metadata={"temporal_adapter": "{'frames': 8"})
+    tensors["tokens.shared"][1, 2] = float("nan")
+    with safe_open(good, "pt") as f:  # the valid metadata, a NaN weight
+        save_file(tensors, str(adapter_dir / "nan.safetensors"), metadata=f.metadata())
+    cases = {"misfit.safetensors": rf"misfit.safetensors: adapter does not fit: the LoRA on layer {re.escape(layer)} "
+                                   rf"is {i + 8}->{o} \(in->out features\) in the adapter but {i}->{o} in the model",
+             "nojson.safetensors": r"nojson.safetensors: not a valid adapter file: its 'temporal_adapter' metadata "
+                                   r"is not JSON",
+             "nan.safetensors": r"nan.safetensors: not a valid adapter file: tensor 'tokens.shared' holds NaN"}
+    with torch.inference_mode():
+        for name, message in cases.items():
+            with pytest.raises(ValueError, match=rf"^{message}"):
+                nodes.TA_LoadAdapter().load(name, model, latent)
+        assert nodes.TA_LoadAdapter().load("good.safetensors", model, latent)[0].frames == FRAMES
 
 
 # ---- unshared tokens projected from CLIP vision ----------------------------------------------------

@@ -159,3 +159,45 @@ def test_bad_input_fails_clearly(node, twolevel, change, message):
     model, clip, cond, _ = twolevel
     with pytest.raises(ValueError, match=message):
         run(node, model, clip, cond, latent(), **change)
+
+
+@pytest.mark.parametrize("text", ["-3", "0"])
+def test_timesteps_outside_the_schedule_are_refused_not_snapped(node, twolevel, text):
+    """Steps 50 run from 981 down to 1: 0 and -3 used to become 1 without a word."""
+    model, clip, cond, _ = twolevel
+    with pytest.raises(ValueError, match=rf"timesteps: {text} is outside the schedule of 50 steps \(981, 961, .*, "
+                                         r"21, 1\); choose from these"):
+        run(node, model, clip, cond, latent(), timesteps=f"941, {text}")
+
+
+def test_the_steps_widget_maximum_runs(node, twolevel):
+    model, clip, cond, _ = twolevel
+    assert node.INPUT_TYPES()["required"]["steps"][1]["max"] == ddim.MAX_STEPS
+    report = run(node, model, clip, cond, latent(), steps=ddim.MAX_STEPS, timesteps="941, 1")["result"][3]
+    assert f"{ddim.MAX_STEPS}-step schedule; timesteps 941, 1" in report
+
+
+def test_the_sampler_checks_apply_conditioning_batch_and_inversion(node, host, twolevel):
+    """The sampler's own checks (conditioning batch vs frames, an inversion made by another model or
+    from other latents) run here too."""
+    from temporal_adapter.nodes import inversion_nodes
+    model, clip, cond, negative = twolevel
+    lat = latent()
+    with torch.inference_mode():
+        inv = inversion_nodes.BilateralDDIMInversion().invert(model, cond, lat, 2, "off", 5, 1.0, 1.0, False, "",
+                                                              0, 0)[1]
+    three = [[cond[0][0].expand(3, -1, -1), cond[0][1]]]
+    other = model.clone()
+    other.add_patches({k: (torch.ones_like(v),) for k, v in list(model.model_state_dict().items())[-2:]}, 0.1)
+    cases = [(dict(cond=three), "conditioning: batch of 3 prompts does not match the latent's 2 frames"),
+             (dict(negative=three), "negative: batch of 3 prompts does not match the latent's 2 frames"),
+             (dict(baseline_conditioning=three), "baseline_conditioning: batch of 3 prompts does not match"),
+             (dict(model=other, inversion=inv), "inversion: it was computed with a different model"),
+             (dict(lat=latent(frames=3), inversion=inv), r"inversion: frames/latent size \(2, 4, 8, 8\) differ "
+                                                         r"from the latent here \(3, 4, 8, 8\)")]
+    for change, message in cases:
+        args = {"model": model, "cond": cond, "lat": lat, **change}
+        with pytest.raises(ValueError, match=message):
+            run(node, args.pop("model"), clip, args.pop("cond"), args.pop("lat"), **args)
+    report = run(node, model, clip, cond, lat, inversion=inv, steps=2, timesteps="all")["result"][3]
+    assert "2-step schedule" in report

@@ -1,4 +1,5 @@
 """Bilateral DDIM inversion in the real host: round trip, equivalence, filter effect, bad input."""
+import os
 import re
 import shutil
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from temporal_adapter.adapter_core import ddim
+from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
 
 
@@ -133,6 +135,86 @@ def test_model_fingerprint_tells_patch_values_and_prediction_apart(comfy_host):
     assert host.model_fingerprint(v_model) != host.model_fingerprint(model)
 
 
+def unet_checkpoint(comfy_host, path, change=None):
+    """The two-level checkpoint's UNet alone (all the host's loader needs for a MODEL), written to `path`
+    after change(state dict)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    source = comfy_host.folder_paths.get_full_path("checkpoints", "ta_twolevel_sd15.safetensors")
+    with safe_open(source, "pt") as f:
+        weights = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+    if change is not None:
+        change(weights)
+    save_file(weights, str(path))
+    return str(path)
+
+
+def load_unet(path):
+    import comfy.sd
+    with torch.inference_mode():
+        return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
+
+
+MIDDLE = "model.diffusion_model.middle_block."
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_model_fingerprint_follows_every_weight_and_not_patches_applied_in_place(comfy_host, provisioned, tmp_path):
+    """Two checkpoints that differ in one middle-block weight (a rank-1 change as a baked-in LoRA leaves, or one
+    value of a small tensor) get different keys; the same file loaded again, and in another process, the same.
+    While a patched clone of a model is loaded, the host holds its patches applied in place in the shared
+    weights: the model's own key must not change."""
+    import subprocess
+    import sys
+
+    import comfy.model_management
+
+    from temporal_adapter.nodes import host
+
+    def baked_lora(weights):
+        w = weights[f"{MIDDLE}1.transformer_blocks.0.attn1.to_q.weight"]
+        g = torch.Generator().manual_seed(0)
+        w += (0.01 * torch.randn(w.shape[0], 1, generator=g) @ torch.randn(1, w.shape[1], generator=g)).to(w.dtype)
+
+    def one_value(weights):
+        weights[f"{MIDDLE}0.in_layers.2.bias"][3] += 0.001
+
+    base = unet_checkpoint(comfy_host, tmp_path / "base.safetensors")
+    models = [load_unet(p) for p in (base, base, unet_checkpoint(comfy_host, tmp_path / "lora.safetensors", baked_lora),
+                                     unet_checkpoint(comfy_host, tmp_path / "one.safetensors", one_value))]
+    keys = [host.model_fingerprint(m) for m in models]
+    assert keys[0] == keys[1] and len(set(keys[1:])) == 3, keys
+
+    model = models[1]
+    weights = model.model_state_dict()
+    clone = model.clone()
+    clone.add_patches({k: (torch.ones_like(v),) for k, v in weights.items() if k.startswith("diffusion_model.")}, 0.1)
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([clone])
+    live = model.model.diffusion_model.out[2].weight
+    saved = model.backup["diffusion_model.out.2.weight"]
+    assert not torch.equal(live, getattr(saved, "weight", saved))  # the clone's patch is in the shared weights
+    assert host.model_fingerprint(model) == keys[0] != host.model_fingerprint(clone)
+    adapted = host.adapter_model(model, Adapter.create(768, 2, host.attention_linears(model)))
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([adapted])
+    assert any(".lora." in name for name, _ in model.model.diffusion_model.named_parameters())  # swapped in place
+    assert host.model_fingerprint(model) == keys[0] == host.model_fingerprint(adapted)
+
+    code = ("import sys, types\n"
+            f"sys.path.insert(0, {provisioned['comfyui']!r}); sys.argv = ['x', '--cpu']\n"
+            "import comfy.options; comfy.options.enable_args_parsing()\n"
+            "import comfy.cli_args, comfy.sd, torch\n"
+            "package = types.ModuleType('temporal_adapter')\n"
+            f"package.__path__ = [{REPO!r}]; sys.modules['temporal_adapter'] = package\n"
+            "from temporal_adapter.nodes import host\n"
+            "with torch.inference_mode():\n"
+            f"    model = comfy.sd.load_checkpoint_guess_config({base!r}, output_vae=False, output_clip=False)[0]\n"
+            "print(host.model_fingerprint(model))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == keys[0]
+
+
 def sharpened_self_attention(model, factor):
     """A clone of `model` whose self-attention (attn1) q and k projections are `factor` times larger,
     through a weight patch (the host's add_patches "diff" form, as a LoRA is applied): the attention
@@ -222,7 +304,7 @@ def test_bad_input_gives_clear_errors(comfy_host, nodes_mod, clips):
         invert(nodes_mod, model, cond, latent, 3, "temporal", "output 0, output 1", chunk=2)
     nan = {"samples": latent["samples"].clone()}
     nan["samples"][1, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="latent: contains NaN"):
+    with pytest.raises(ValueError, match=r"latent: 1 of 768 values are NaN or infinite; check the node that made it"):
         invert(nodes_mod, model, cond, nan, 3)
     two_prompts = [[torch.cat([cond[0][0]] * 2), dict(cond[0][1])]]
     with pytest.raises(ValueError, match="conditioning: batch of 2 prompts does not match the latent's 3 frames"):

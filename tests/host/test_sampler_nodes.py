@@ -387,7 +387,7 @@ def test_bad_input_gives_clear_errors(comfy_host, mods, setup):
     with pytest.raises(ValueError, match="adapter does not fit: frames is 3 in the adapter but 6 in the clip"):
         sample(mods, model, edit, negative, inv, adapter=three_frames, use_adapter=True)
     two_prompts = [[torch.cat([edit[0][0]] * 2), dict(edit[0][1])]]
-    with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the 6 frames"):
+    with pytest.raises(ValueError, match="positive: batch of 2 prompts does not match the latent's 6 frames"):
         sample(mods, model, two_prompts, negative, inv)
 
 
@@ -434,3 +434,24 @@ def test_every_mechanism_on_a_two_level_model(comfy_host, mods, clips):
     assert "features 0.8 on output 3" in report
     assert on.shape == latent["samples"].shape and torch.isfinite(on).all()
     assert not torch.allclose(on, off)
+
+
+def test_apply_adapter_refuses_another_frame_count_when_sampling_starts(comfy_host, mods, setup):
+    """Apply Adapter with no latent connected cannot check the frame count: its model patch does, at the
+    first model call. KSampler on 4 frames with a 6-frame adapter fails by name; on 6 frames it runs. This
+    sampler picks the per-frame conditioning rows itself, so it samples the applied model and conditioning
+    in chunks of 4 frames."""
+    from temporal_adapter.nodes import adapter_nodes, host
+    model, _, edit, negative, _, latent, _, inv = setup
+    adapter = Adapter.create(768, FRAMES, host.attention_linears(model), window=(0, 1000))
+    with torch.inference_mode():
+        applied, positive, negative = adapter_nodes.TA_ApplyAdapter().apply(model, edit, adapter, True, negative)
+        four = {"samples": latent["samples"][:4]}
+        with pytest.raises(ValueError, match="adapter: it was trained on 6 frames but the sampler runs 4 frames at "
+                                             "once; sample a latent of 6 frames"):
+            comfy_host.nodes.KSampler().sample(applied, 0, 1, 4.0, "euler", "normal", positive, negative, four)
+        out = comfy_host.nodes.KSampler().sample(applied, 0, 1, 4.0, "euler", "normal", positive, negative,
+                                                 latent)[0]["samples"]
+    assert out.shape == latent["samples"].shape and torch.isfinite(out).all()
+    chunked, report = sample(mods, applied, positive, negative, inv, cfg=4.0, frames_per_chunk=4, chunk_overlap=2)
+    assert "2 chunk(s) (0-3, 2-5)" in report and torch.isfinite(chunked).all()

@@ -58,6 +58,17 @@ def test_leading_schedule_is_comfyui_ddim_uniform(sigmas, steps):
     assert ours.tolist() == pytest.approx(comfy_ddim_uniform(sigmas, steps), rel=1e-12)
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_max_steps_fits_every_spacing_and_more_is_refused_by_name(sigmas, spacing):
+    timesteps = ddim.timesteps_for(sigmas, ddim.schedule(sigmas, ddim.MAX_STEPS, spacing)[:-1])
+    assert len(timesteps) == ddim.MAX_STEPS == len(set(timesteps.tolist()))
+    assert timesteps.min() >= 0 and timesteps.max() <= 999
+    most = {"leading": 999, "trailing": 1000}[spacing]
+    with pytest.raises(ValueError, match=f"steps: {most + 1} does not fit this model's 1000-step schedule with "
+                                         f"'{spacing}' spacing; use 1 to {most} steps"):
+        ddim.schedule(sigmas, most + 1, spacing)
+
+
 def test_timesteps_of_both_spacings(sigmas):
     leading = ddim.timesteps_for(sigmas, ddim.schedule(sigmas, 50))
     assert leading.tolist() == list(range(981, 0, -20)) + [-1]

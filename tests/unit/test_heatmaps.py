@@ -73,6 +73,17 @@ def test_timesteps_default_to_the_two_nearest_932_and_941():
         hm.choose_timesteps("late", schedule)
 
 
+@pytest.mark.parametrize("text", ["-3", "0", "982", "nan", "inf", "1e400"])
+def test_timesteps_outside_the_schedule_are_refused_with_the_valid_ones(text):
+    """The schedule of 50 steps runs from 981 down to 1: inside that span a value snaps to the nearest step,
+    outside it (0 and -3 used to snap to 1 without a word) it is refused with the list to choose from."""
+    schedule = ddim.timesteps_for(SIGMAS, ddim.schedule(SIGMAS, 50)[:-1]).tolist()
+    assert hm.choose_timesteps("1, 980.6, 12", schedule) == [981, 21, 1]
+    with pytest.raises(ValueError, match=rf"timesteps: .*{text}.* the schedule of 50 steps \(981, 961, 941, .*, "
+                                         r"\.\.\., 41, 21, 1\); choose"):
+        hm.choose_timesteps(f"941, {text}", schedule)
+
+
 def test_default_blocks_are_decoder_blocks_4_to_11_where_present():
     full = [("input", 1), ("middle", 0)] + [("output", i) for i in range(3, 12)]
     assert hm.default_blocks(full) == ([("output", i) for i in range(4, 12)], None)

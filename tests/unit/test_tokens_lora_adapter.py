@@ -104,14 +104,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_bad_files_and_misfits_name_the_problem(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ValueError, match="not a readable adapter file"):
+    with pytest.raises(ValueError, match="bad.safetensors: not a valid adapter file: it cannot be read as safetensors"):
         Adapter.load(str(bad))
     a = _adapter()
     path = a.save(str(tmp_path / "ok.safetensors"))
     data = open(path, "rb").read()
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(data[: len(data) - 40])
-    with pytest.raises(ValueError, match="not a readable adapter file"):
+    with pytest.raises(ValueError, match="cut.safetensors: not a valid adapter file: it cannot be read as safetensors"):
         Adapter.load(str(truncated))
     with pytest.raises(ValueError, match="frames is 3 in the adapter but 5 in the clip"):
         a.check_fits(16, 5)
@@ -131,3 +131,110 @@ def test_copy_is_independent():
     assert torch.count_nonzero(next(iter(a.loras.values())).up) == 0
     b.metadata["loss_history"].append({"step": 1})
     assert a.metadata["loss_history"] == []
+
+
+def _rewritten(tmp_path, name, metadata=None, tensors=None):
+    """A copy of a valid adapter file with its metadata JSON (text) and/or tensors replaced."""
+    from safetensors.torch import load_file, safe_open, save_file
+    path = _adapter().save(str(tmp_path / "valid.safetensors"))
+    with safe_open(path, "pt") as f:
+        raw = f.metadata()[adapter_mod.METADATA_KEY]
+    meta = metadata(raw) if metadata else raw
+    data = load_file(path)
+    if tensors:
+        tensors(data)
+    target = str(tmp_path / name)
+    save_file(data, target, metadata={adapter_mod.METADATA_KEY: meta})
+    return target
+
+
+def _edit(**changes):
+    """Metadata rewrite: set keys (a value of DROP removes the key)."""
+    import json
+
+    def rewrite(raw):
+        meta = json.loads(raw)
+        for key, value in changes.items():
+            if value is DROP:
+                del meta[key]
+            else:
+                meta[key] = value
+        return json.dumps(meta)
+    return rewrite
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("metadata,reason", [
+    (lambda raw: raw[:-7], r"its 'temporal_adapter' metadata is not JSON"),
+    (lambda raw: "[1, 2]", r"its 'temporal_adapter' metadata is not a JSON object"),
+    (_edit(format_version="1"), r"metadata 'format_version' must be a whole number, got '1'"),
+    (_edit(frames=DROP), r"its metadata lacks 'frames'"),
+    (_edit(targets=DROP, rank=DROP), r"its metadata lacks 'rank', 'targets'"),
+    (_edit(frames="3"), r"metadata 'frames' must be a whole number >= 1, got '3'"),
+    (_edit(frames=True), r"metadata 'frames' must be a whole number >= 1, got True"),
+    (_edit(rank=0), r"metadata 'rank' must be a whole number >= 1, got 0"),
+    (_edit(alpha="4"), r"metadata 'alpha' must be a finite number"),
+    (_edit(window=[1000, 900]), r"metadata 'window' must be \[start, end\] with 0 <= start < end"),
+    (_edit(targets="blocks.0.attn1.to_q"), r"metadata 'targets' must be a list of layer names"),
+    (_edit(unshared_form="image"), r"metadata 'unshared_form' must be 'free' or 'clip_vision'"),
+    (lambda raw: raw.replace('"loss_history": []', '"loss_history": [{"step": 1, "total": NaN}]'),
+     r"metadata\['loss_history'\]\[0\]\['total'\] is NaN or infinite"),
+    (lambda raw: raw.replace('"alpha": 4.0', '"alpha": Infinity'), r"metadata 'alpha' must be a finite number"),
+    (_edit(optimizer_groups="adamw"), r"metadata 'optimizer_groups' must be a list of parameter groups"),
+])
+def test_malformed_metadata_is_one_clear_error(tmp_path, metadata, reason):
+    path = _rewritten(tmp_path, "bad.safetensors", metadata=metadata)
+    with pytest.raises(adapter_mod.InvalidAdapterFile, match=r"^bad\.safetensors: not a valid adapter file: " + reason):
+        Adapter.load(path)
+
+
+def test_other_format_version_and_tensor_faults_are_named(tmp_path):
+    newer = _rewritten(tmp_path, "newer.safetensors", metadata=_edit(format_version=2, frames=DROP))
+    with pytest.raises(ValueError, match="newer.safetensors: format_version is 2 in the file but 1 in this plugin"):
+        Adapter.load(newer)
+    cases = {
+        "nan.safetensors": (lambda t: t["tokens.shared"].__setitem__((0, 0), float("nan")),
+                            r"tensor 'tokens.shared' holds NaN or infinite values .*lower learning_rate"),
+        "inf.safetensors": (lambda t: t["loras.blocks/0/attn2/to_k.up"].fill_(float("inf")),
+                            r"tensor 'loras.blocks/0/attn2/to_k.up' holds NaN or infinite values"),
+        "nolora.safetensors": (lambda t: t.pop("loras.blocks/0/attn1/to_q.down"),
+                               r"the LoRA tensors of target 'blocks.0.attn1.to_q' are missing or not matrices"),
+        "shape.safetensors": (lambda t: t.__setitem__("tokens.shared", torch.zeros(5, 16)),
+                              r"its tensors do not match its metadata .*tokens.shared"),
+        "extra.safetensors": (lambda t: t.__setitem__("optimizer/x/exp_avg", torch.zeros(2)),
+                              r"unexpected tensor 'optimizer/x/exp_avg'"),
+    }
+    for name, (change, reason) in cases.items():
+        path = _rewritten(tmp_path, name, tensors=change)
+        with pytest.raises(adapter_mod.InvalidAdapterFile, match=rf"^{name}: not a valid adapter file: {reason}"):
+            Adapter.load(path)
+    no_meta = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(no_meta))
+    with pytest.raises(adapter_mod.InvalidAdapterFile, match="plain.safetensors: not a valid adapter file: a "
+                                                             "safetensors file without the 'temporal_adapter'"):
+        Adapter.load(str(no_meta))
+
+
+def test_nothing_non_finite_is_ever_written(tmp_path):
+    a = _adapter()
+    with torch.no_grad():
+        a.tokens.shared[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"adapter: tokens.shared holds NaN or infinite values; a.safetensors was "
+                                         r"not written"):
+        a.save(str(tmp_path / "a.safetensors"))
+    b = _adapter()
+    b.metadata["loss_history"] = [{"step": 1, "total": float("inf")}]
+    with pytest.raises(ValueError, match=r"adapter: metadata\['loss_history'\]\[0\]\['total'\] holds NaN"):
+        b.save(str(tmp_path / "b.safetensors"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lora_of_another_shape_is_named_with_both_shapes():
+    a = _adapter()
+    with pytest.raises(ValueError, match=r"adapter does not fit: the LoRA on layer blocks.0.attn2.to_k is 16->8 "
+                                         r"\(in->out features\) in the adapter but 32->8 in the model"):
+        a.check_fits(16, 3, targets={"blocks.0.attn1.to_q": (8, 8), "blocks.0.attn2.to_k": (32, 8)})
+    a.check_fits(16, 3, targets={"blocks.0.attn1.to_q": (8, 8), "blocks.0.attn2.to_k": (16, 8), "other": (4, 4)})

@@ -1,5 +1,8 @@
 """The training loop on a toy differentiable denoiser (no host): determinism, the shared-only final
 phase, plain-GD monotonicity, NaN guard, interrupt + resume, loss-curve picture."""
+import copy
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -91,15 +94,56 @@ def test_plain_gd_with_the_automatic_step_never_increases_the_loss():
     assert totals[-1] < totals[0] and h[0]["lr"] > 0
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_step():
+def test_nan_loss_undoes_the_update_before_it_and_a_resume_continues_exactly():
+    """NaN at step 5: the update of step 4 is undone (weights, AdamW moments and its loss record), so
+    the adapter is the one after step 3, and resuming from it repeats an uninterrupted run bit for bit."""
     s = training.TrainSettings(steps=10, lr=0.05)
+    whole, _ = run(s)
     adapter, toy, latents, text, sigmas = setup()
     snaps = {}
     toy.nan_at = 5
-    with pytest.raises(training.NonFiniteLoss, match="NaN/inf at step 5; the adapter keeps the weights of step 4"):
+    with pytest.raises(training.TrainingDiverged, match=r"training diverged at step 5: the loss became NaN/inf. The "
+                       r"adapter keeps the weights of step 3, from before the update that diverged. Try "
+                       r"learning_rate 0.005 instead of 0.05"):
         training.train(adapter, toy, latents, text, sigmas, s, lambda i, n, r: snaps.__setitem__(i, state(adapter)))
-    assert len(adapter.metadata["loss_history"]) == 4
-    assert all(torch.equal(v, snaps[4][k]) for k, v in state(adapter).items())
+    assert len(adapter.metadata["loss_history"]) == 3
+    assert all(torch.equal(v, snaps[3][k]) for k, v in state(adapter).items())
+    assert all(p.requires_grad and p.grad is None for p in adapter.module.parameters())
+    toy.nan_at = None
+    training.train(adapter, toy, latents, text, sigmas, s)
+    assert adapter.metadata["loss_history"] == whole.metadata["loss_history"]
+    assert all(torch.equal(x, y) for x, y in zip(state(adapter).values(), state(whole).values()))
+
+
+@pytest.mark.parametrize("lr,reason", [
+    (1e30, "the loss became NaN/inf"),
+    (1e3, r"the loss exploded to [0-9.e+]+, over 1000x every earlier loss \([0-9.]+ at most\)")])
+def test_a_diverging_learning_rate_keeps_the_weights_before_the_update_that_diverged(tmp_path, lr, reason):
+    """Three good steps, then a resumed run at a learning rate that blows up its first update (AdamW
+    moves every weight by about lr): the adapter, its AdamW state and its file are those of step 3."""
+    adapter, toy, latents, text, sigmas = setup()
+    training.train(adapter, toy, latents, text, sigmas, training.TrainSettings(steps=3, lr=0.05))
+    good, moments = state(adapter), copy.deepcopy(adapter.optimizer_state)
+    with pytest.raises(training.TrainingDiverged, match=rf"training diverged at step 5: {reason}. The adapter keeps "
+                       rf"the weights of step 3, from before the update that diverged. Try learning_rate 0.01 "
+                       rf"instead of {re.escape(f'{lr:g}')}"):
+        training.train(adapter, toy, latents, text, sigmas, training.TrainSettings(steps=8, lr=lr))
+    assert len(adapter.metadata["loss_history"]) == 3
+    assert all(torch.equal(v, good[k]) for k, v in state(adapter).items())
+    assert all(torch.equal(x, y) for i in moments["state"] for x, y in
+               zip(moments["state"][i].values(), adapter.optimizer_state["state"][i].values()))
+    saved = Adapter.load(adapter.save(str(tmp_path / "kept.safetensors")))
+    assert all(torch.equal(v, good[k]) for k, v in state(saved).items())
+    fresh, toy, latents, text, sigmas = setup()
+    with pytest.raises(training.TrainingDiverged, match="keeps the weights of step 0"):
+        training.train(fresh, toy, latents, text, sigmas, training.TrainSettings(steps=4, lr=lr))
+    assert fresh.metadata["loss_history"] == [] and all(torch.equal(v, setup()[0].module.state_dict()[k])
+                                                        for k, v in state(fresh).items())
+
+
+def test_suggested_learning_rate():
+    assert training.suggested_lr(0.05) == pytest.approx(0.005)
+    assert training.suggested_lr(1e30) == training.suggested_lr(0.5) == training.AUTO_ADAMW_LR
 
 
 class Stop(Exception):
