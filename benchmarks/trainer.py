@@ -62,13 +62,14 @@ def main():
 
     nodes, host, adapter_nodes = host_and_nodes(args.comfyui, args.checkpoints)
     from temporal_adapter.adapter_core import training
+    from temporal_adapter.adapter_core.layout import choose_blocks
 
     with torch.inference_mode():
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(args.checkpoint)[:3]
         cond = nodes.CLIPTextEncode().encode(clip, "a man talking on a phone in a car")[0]
         latent = nodes.VAEEncode().encode(vae, frames_of(args.clip, args.frames, args.size))[0]
     baseline = peak_rss_mib()
-    features, note = adapter_nodes._blocks("auto", model, adapter_nodes.DECODER_BLOCKS)
+    features, note = choose_blocks("auto", host.unet_layout(model), "decoder_attention_blocks")
     settings = training.TrainSettings(steps=args.steps, frames_per_step=args.frames, shared_only_fraction=0.0)
     with torch.inference_mode(False):
         adapter = adapter_nodes.TA_TrainAdapter._new_adapter(model, host.model_family(model), args.frames, cond[0][0],

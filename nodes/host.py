@@ -23,6 +23,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
+from ..adapter_core.layout import Block, UNetLayout
 from ..adapter_core.lora import TimestepWindow, lora_linear
 
 # Model families (ComfyUI's supported_models class names) whose UNet layout the method targets.
@@ -149,23 +150,29 @@ def model_sigmas(model):
     return model_sampling(model).sigmas.detach().float().cpu()
 
 
-def transformer_blocks(model):
-    """Blocks of the UNet that hold transformer (attention) layers, as ("input"|"middle"|"output", i)."""
-    return list(transformer_depths(model))
-
-
-def transformer_depths(model):
-    """{block id: number of transformer layers in it} for the blocks of `transformer_blocks`, in UNet order."""
+def unet_layout(model):
+    """The model's UNet layout (`adapter_core.layout.UNetLayout`), read from its modules: every block
+    with the scale of the grid its layers work on (doubled after a block that downsamples, halved after
+    one that upsamples) and its transformer layers, plus the family, context width and ADM width."""
     unet = model.model.diffusion_model
-    found = {}
-    groups = [("input", unet.input_blocks), ("middle", [unet.middle_block] if unet.middle_block is not None else []),
-              ("output", unet.output_blocks)]
-    for name, blocks in groups:
-        for i, block in enumerate(blocks):
-            depth = sum(len(m.transformer_blocks) for m in block.modules() if type(m).__name__ == "SpatialTransformer")
-            if depth:
-                found[(name, i)] = depth
-    return found
+
+    def has(block, name):
+        return any(type(m).__name__ == name for m in block.modules())
+
+    def depth(block):
+        return sum(len(m.transformer_blocks) for m in block.modules() if type(m).__name__ == "SpatialTransformer")
+
+    blocks, scale = [], 1
+    for i, block in enumerate(unet.input_blocks):
+        blocks.append(Block("input", i, scale, depth(block)))
+        scale *= 2 if has(block, "Downsample") else 1
+    if unet.middle_block is not None:
+        blocks.append(Block("middle", 0, scale, depth(unet.middle_block)))
+    for i, block in enumerate(unet.output_blocks):
+        blocks.append(Block("output", i, scale, depth(block)))
+        scale //= 2 if has(block, "Upsample") else 1
+    config = model.model.model_config.unet_config
+    return UNetLayout(tuple(blocks), model_family(model), int(config["context_dim"]), config.get("adm_in_channels"))
 
 
 def _digest(h, value):
@@ -241,11 +248,6 @@ def reaches_inside_unet(model, *conditionings):
     if model.model_options.get("model_function_wrapper") is not None:
         return True
     return any("control" in extra or "gligen" in extra for cond in conditionings for _, extra in cond)
-
-
-def input_block_count(model):
-    """How many input blocks the model's UNet has (output block j reads the skip of input block count - 1 - j)."""
-    return len(model.model.diffusion_model.input_blocks)
 
 
 def patched_sampler(sampler_fn, patches, options=None, attn1_extension=None):
@@ -369,8 +371,8 @@ def with_attn1_extension(model, extend, blocks=None):
     """A clone of `model` whose self-attention (attn1) in `blocks` (None: every attention block) attends
     to keys/values extended by extend(k, v, extra_options) (projected [B, N, C] each), computed by any
     attn1 replace already on the model, else by `long_key_attention` (the input model is untouched)."""
-    return _with_replaces(model, "attn1", transformer_blocks(model) if blocks is None else blocks, _extending(extend),
-                          long_key_attention())
+    blocks = unet_layout(model).attention_blocks() if blocks is None else blocks
+    return _with_replaces(model, "attn1", blocks, _extending(extend), long_key_attention())
 
 
 def with_attn2_capture(model, blocks, record):
@@ -577,7 +579,7 @@ def with_context_tokens(model, tokens):
     """A clone of `model` whose cross-attention gives the cond chunks the adapter's tokens
     (`adapter_core.attention.ContextTokens`, installed as an attn2 patch and around every attn2 replace
     already on the model, else the host's attention); the input model is untouched."""
-    clone = _with_replaces(model, "attn2", transformer_blocks(model), tokens.wrap)
+    clone = _with_replaces(model, "attn2", unet_layout(model).attention_blocks(), tokens.wrap)
     clone.set_model_attn2_patch(tokens.prepend)
     return clone
 
@@ -645,7 +647,7 @@ class TrainingDenoiser:
     def __init__(self, model, adapter, feature_blocks):
         self.model, self.adapter, self.blocks = model, adapter, {tuple(b) for b in feature_blocks}
         sdpa = host_attention("attention_pytorch")
-        attend = {block: sdpa for block in transformer_blocks(model)}
+        attend = {block: sdpa for block in unet_layout(model).attention_blocks()}
         self.replace = {"attn1": attend, "attn2": dict(attend)}
         self.unet = None
         self.shimmed = 0
