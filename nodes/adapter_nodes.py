@@ -64,7 +64,7 @@ class TA_TrainAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x model to adapt (it is not modified)."}),
+            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x or SDXL-family model to adapt (it is not modified)."}),
             "conditioning": ("CONDITIONING", {"tooltip": "The SOURCE prompt describing the clip (one prompt, or "
                              "one per frame)."}),
             "latent": ("LATENT", {"tooltip": "The clip's frames encoded with VAE Encode (at least 2)."}),
@@ -139,7 +139,7 @@ class TA_TrainAdapter:
                                             lora_alpha, lora_blocks, (window_start, window_end), seed, clip_vision,
                                             images)
             else:
-                adapter.check_fits(host.text_width(model), frames, host.attention_linears(model))
+                adapter.check_fits(host.text_width(model), frames, host.attention_linears(model), family)
                 adapter = adapter.copy()  # the incoming adapter may be cached or used elsewhere
         adapter.metadata["feature_blocks"] = [list(b) for b in features]
         if note:
@@ -154,7 +154,8 @@ class TA_TrainAdapter:
         try:
             with host.TrainingDenoiser(model, adapter, features) as denoise:
                 training.train(adapter, denoise, host.model_space(model, x).clone(), text.clone(),
-                               host.model_sigmas(model), settings, progress, host.check_interrupt)
+                               host.model_sigmas(model), settings, progress, host.check_interrupt,
+                               host.adm_conditioning(model, conditioning, x[:text.shape[0]]))
         except training.NonFiniteLoss as e:
             raise ValueError(f"{e}. {self._kept(adapter, done_before, 'nan')}") from None
         except BaseException:  # interrupt (or any error): nothing trained so far is lost
@@ -250,10 +251,8 @@ class TA_LoadAdapter:
         if path is None:
             raise ValueError(f"adapter_name: {adapter_name} is not in models/temporal_adapters")
         adapter = Adapter.load(path)
-        if adapter.metadata["family"] != host.model_family(model):
-            raise ValueError(f"adapter does not fit: family is {adapter.metadata['family']} in the adapter but "
-                             f"{host.model_family(model)} in the model")
-        adapter.check_fits(host.text_width(model), _latent_frames(latent).shape[0], host.attention_linears(model))
+        adapter.check_fits(host.text_width(model), _latent_frames(latent).shape[0], host.attention_linears(model),
+                           host.model_family(model))
         return (adapter,)
 
 
@@ -284,9 +283,9 @@ class TA_ApplyAdapter:
         }}
 
     def apply(self, model, positive, adapter, apply_to_negative, negative=None, latent=None):
-        host.check_supported(model)
-        if latent is not None:
-            adapter.check_fits(host.text_width(model), _latent_frames(latent).shape[0])
+        family = host.check_supported(model)
+        adapter.check_fits(host.text_width(model), adapter.frames if latent is None else _latent_frames(latent).shape[0],
+                           family=family)
         frames = adapter.frames
         positive = host.adapter_conditioning(positive, adapter, frames)
         if negative is not None and apply_to_negative:

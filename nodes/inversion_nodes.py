@@ -5,8 +5,8 @@ import torch
 from ..adapter_core import ddim
 from ..adapter_core.attention import TemporalAttn1Filter, latent_bilateral
 from ..adapter_core.chunking import chunk_plan, run_chunked
-from ..adapter_core.inversion import (Inversion, InversionCache, inversion_key, reconstruction_report,
-                                      tensor_digest)
+from ..adapter_core.inversion import (Inversion, InversionCache, conditioning_digest, inversion_key,
+                                      reconstruction_report, tensor_digest)
 from ..adapter_core.layout import choose_blocks, names
 from . import host
 
@@ -101,8 +101,7 @@ class BilateralDDIMInversion:
                     "relative_sigma_r": relative_sigma_r, "blocks": block_ids, "refine": refine}
         model_key = host.model_fingerprint(model)
         source_key = tensor_digest(x)
-        key = inversion_key(source_key, model_key, tensor_digest(torch.cat([c[0].flatten() for c in conditioning])),
-                            settings)
+        key = inversion_key(source_key, model_key, conditioning_digest(conditioning), settings)
         cache = InversionCache(host.inversion_cache_dir())
         inv = cache.get(key)
         cached = inv is not None

@@ -119,6 +119,10 @@ def test_bad_files_and_misfits_name_the_problem(tmp_path):
         a.check_fits(768, 3)
     with pytest.raises(ValueError, match="LoRA target 'blocks.0.attn2.to_k'"):
         a.check_fits(16, 3, targets={"blocks.0.attn1.to_q": (8, 8)})
+    a.check_fits(16, 3, family="SD15")
+    with pytest.raises(ValueError, match=r"trained on a SD15 model \(text width 16\) but the model here is SDXL "
+                                         r"\(text width 2048\)"):
+        a.check_fits(2048, 3, family="SDXL")  # the family is named before any other mismatch
 
 
 def test_copy_is_independent():
