@@ -17,6 +17,7 @@ from comfy_client import ComfyServer, WIDGET_TYPES  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = "v1-5-pruned-emaonly.safetensors"  # what users have; tests substitute generated weights
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 
 SOURCE = "a man talking on a phone in a car"
 EDIT = "a man talking on a phone in a car, oil painting in the style of van gogh"
@@ -31,38 +32,30 @@ def text(node_id, prompt, clip=1):
     return (node_id, "CLIPTextEncode", {"text": prompt}, {"clip": (clip, 1)})
 
 
-# load, encode, prompts (source, edit, negative), invert, train: the start of every edit workflow
-EDIT_FRONT = [
-        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
-        video(2, cap=16, width=512),
-        text(3, SOURCE),
-        text(4, EDIT),
-        text(5, "blurry, low quality"),
+def text_sdxl(node_id, prompt, clip=1):
+    """SDXL's text encoders: the same prompt for CLIP-G and CLIP-L, the size/crop entries at their 1024 px
+    defaults (the ADM input of the SDXL family)."""
+    return (node_id, "CLIPTextEncodeSDXL", {"text_g": prompt, "text_l": prompt}, {"clip": (clip, 1)})
+
+
+def edit_front(ckpt, encode, width):
+    """load, encode, prompts (source, edit, negative), invert, train: the start of every edit workflow"""
+    return [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": ckpt}, {}),
+        video(2, cap=16, width=width),
+        encode(3, SOURCE),
+        encode(4, EDIT),
+        encode(5, "blurry, low quality"),
         (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
         (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50}, {"model": (1, 0), "conditioning": (3, 0),
                                                                                "latent": (6, 0)}),
         (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}),
-]
+    ]
 
-WORKFLOWS = {
-    "invert_reconstruct.json": [
-        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
-        video(2),
-        text(3, SOURCE),
-        (4, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
-        (5, "TA_BilateralDDIMInversion", {"filter": "off", "steps": 20}, {"model": (1, 0), "conditioning": (3, 0),
-                                                                           "latent": (4, 0)}),
-        (6, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 20}, {"model": (1, 0), "conditioning": (3, 0),
-                                                                                "latent": (4, 0)}),
-        (7, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/reconstruction_filter_off"},
-         {"model": (1, 0), "conditioning": (3, 0), "inversion": (5, 1), "vae": (1, 2)}),
-        (8, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/reconstruction_filter_temporal"},
-         {"model": (1, 0), "conditioning": (3, 0), "inversion": (6, 1), "vae": (1, 2)}),
-        (9, "VAEDecode", {}, {"samples": (8, 0), "vae": (1, 2)}),
-        (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"}, {"images": (9, 0), "fps": (2, 1)}),
-    ],
-    # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save -> measure
-    "edit_video.json": EDIT_FRONT + [
+
+def edit_video(ckpt, encode, width):
+    """load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save -> measure"""
+    return edit_front(ckpt, encode, width) + [
         (9, "TA_ConsistencySampler", {"steps": 50, "cfg": 7.5}, {"model": (1, 0), "positive": (4, 0),
                                                                   "negative": (5, 0), "inversion": (7, 1),
                                                                   "adapter": (8, 0)}),
@@ -82,7 +75,32 @@ WORKFLOWS = {
           "inversion": (7, 1)}),
         (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)}),
         (19, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_loss_curve"}, {"images": (8, 1)}),
+    ]
+
+
+EDIT_FRONT = edit_front(CKPT, text, 512)
+
+WORKFLOWS = {
+    "invert_reconstruct.json": [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
+        video(2),
+        text(3, SOURCE),
+        (4, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        (5, "TA_BilateralDDIMInversion", {"filter": "off", "steps": 20}, {"model": (1, 0), "conditioning": (3, 0),
+                                                                           "latent": (4, 0)}),
+        (6, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 20}, {"model": (1, 0), "conditioning": (3, 0),
+                                                                                "latent": (4, 0)}),
+        (7, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/reconstruction_filter_off"},
+         {"model": (1, 0), "conditioning": (3, 0), "inversion": (5, 1), "vae": (1, 2)}),
+        (8, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/reconstruction_filter_temporal"},
+         {"model": (1, 0), "conditioning": (3, 0), "inversion": (6, 1), "vae": (1, 2)}),
+        (9, "VAEDecode", {}, {"samples": (8, 0), "vae": (1, 2)}),
+        (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"}, {"images": (9, 0), "fps": (2, 1)}),
     ],
+    "edit_video.json": edit_video(CKPT, text, 512),
+    # the same chain on an SDXL-family checkpoint (SDXL 1.0, its fine-tunes, SSD-1B, Segmind Vega, KOALA):
+    # SDXL's text encoders and 1024 px frames
+    "edit_video_sdxl.json": edit_video(SDXL_CKPT, text_sdxl, 1024),
     # train an adapter on the clip and save it (models/temporal_adapters) with its loss curve
     "train_adapter.json": [
         (1, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}),
