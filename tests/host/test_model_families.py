@@ -22,6 +22,7 @@ import torch
 from temporal_adapter.adapter_core import ddim, training
 from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
+from test_adapter_nodes import train as train_adapter
 from test_inversion_nodes import encode, frames_of, invert, rel_error, sharpened_self_attention
 from test_sampler_nodes import ALL_OFF, ALL_ON, sample
 
@@ -194,14 +195,10 @@ def test_every_mechanism_runs_on_every_transformer_layer_and_composes_with_an_up
         assert ("attn1", "output", 1, 1) in layers  # the second layer of a deep block
 
 
-def train(mods, model, cond, latent, steps, adapter=None, **kw):
-    args = dict(steps=steps, learning_rate="auto", optimizer="adamw", temporal_weight=1.0, temporal_form="adjacent",
-                temporal_reduce="frame", feature_blocks="auto", shared_only_fraction=0.0, seed=3, frames_per_step=2,
-                shared_tokens=2, unshared_tokens=1, lora_rank=2, lora_alpha=2.0, lora_blocks="auto",
-                window_start=900, window_end=1000)
-    args.update(kw)
-    with torch.inference_mode():
-        return mods.adapter.TA_TrainAdapter().train(model, cond, latent, adapter=adapter, unique_id="1", **args)["result"]
+def train(mods, model, cond, latent, steps, **kw):
+    """test_adapter_nodes.train with fewer tokens, rank 2 and no shared-only phase."""
+    small = dict(shared_only_fraction=0.0, shared_tokens=2, unshared_tokens=1, lora_rank=2, lora_alpha=2.0)
+    return train_adapter((mods.adapter, mods.host), (model, cond, None, latent), steps, **{**small, **kw})
 
 
 def evaluate(mods, fam, adapter, batches=3):
