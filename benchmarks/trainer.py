@@ -79,7 +79,8 @@ def main():
     with torch.inference_mode(), host.TrainingDenoiser(model, adapter, features) as denoise:
         latents = host.model_space(model, latent["samples"]).clone()
         text, sigmas = cond[0][0].clone(), host.model_sigmas(model)
-        objective = training.Objective(adapter, denoise, latents, text, sigmas, settings)
+        extra = host.adm_conditioning(model, cond, latent["samples"][:1])  # SDXL family: the ADM input y
+        objective = training.Objective(adapter, denoise, latents, text, sigmas, settings, extra)
         batch = training.draw_batch(settings, 0, args.frames, latents.shape[1:], adapter.window)
         forward = []
         with torch.no_grad():
@@ -93,10 +94,11 @@ def main():
             now = time.perf_counter()
             step_times.append(now - t_last[0])
             t_last[0] = now
-        training.train(adapter, denoise, latents, text, sigmas, settings, progress)
-        trained_rows = training.consistency_table(adapter, denoise, latents, text, sigmas, TIMESTEPS)
+        training.train(adapter, denoise, latents, text, sigmas, settings, progress, extra=extra)
+        trained_rows = training.consistency_table(adapter, denoise, latents, text, sigmas, TIMESTEPS, extra=extra)
     with torch.inference_mode(), host.TrainingDenoiser(model, untrained, features) as denoise:
-        untrained_rows = training.consistency_table(untrained, denoise, latents, text, sigmas, TIMESTEPS)
+        untrained_rows = training.consistency_table(untrained, denoise, latents, text, sigmas, TIMESTEPS,
+                                                    extra=extra)
 
     step = statistics.median(step_times[1:] or step_times)
     fwd = statistics.median(forward)
