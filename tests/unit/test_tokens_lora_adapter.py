@@ -34,6 +34,13 @@ def test_lora_linear_adds_scaled_low_rank_update_only_inside_the_window():
     assert set(wrapped.state_dict()) == {"weight", "bias", "lora.down", "lora.up"}
     assert set(base.state_dict()) == {"weight", "bias"} and torch.equal(base.weight, weight)
     assert lora_linear(wrapped, lora, window).base_module is base  # re-wrapping unwraps first
+    # The host patches and restores weights by module path, reaching the wrapper or the base depending on
+    # whether the wrapper is installed at that moment: both must see the same parameter.
+    patched = torch.nn.Parameter(weight * 2, requires_grad=False)
+    setattr(wrapped, "weight", patched)
+    assert base.weight is patched
+    setattr(base, "weight", torch.nn.Parameter(weight, requires_grad=False))
+    assert torch.equal(wrapped.weight, weight) and torch.equal(wrapped(x), base(x))
 
 
 def test_fresh_lora_is_a_no_op_and_gradients_reach_only_the_lora():
