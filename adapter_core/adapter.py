@@ -91,9 +91,9 @@ class Adapter:
         e.g. SD15, is refused on another, e.g. SDXL, naming both)."""
         mine = self.metadata.get("family")
         if family is not None and mine != family:
-            raise ValueError(f"adapter does not fit: it was trained on a {mine} model (text width {self.width}) but the "
-                             f"model here is {family} (text width {model_width}); an adapter works only on the model "
-                             f"family it was trained on: train one on this model")
+            raise ValueError(f"adapter does not fit: it was trained on a {mine} model (text width {self.width}) but "
+                             f"the model here is {family} (text width {model_width}); an adapter works only on the "
+                             f"model family it was trained on: train one on this model")
         for field, mine, theirs in (("width", self.width, model_width), ("frames", self.frames, frames)):
             if int(mine) != int(theirs):
                 raise ValueError(f"adapter does not fit: {field} is {mine} in the adapter but {theirs} in the "

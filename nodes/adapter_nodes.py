@@ -284,8 +284,8 @@ class TA_ApplyAdapter:
 
     def apply(self, model, positive, adapter, apply_to_negative, negative=None, latent=None):
         family = host.check_supported(model)
-        adapter.check_fits(host.text_width(model), adapter.frames if latent is None else _latent_frames(latent).shape[0],
-                           family=family)
+        clip_frames = adapter.frames if latent is None else _latent_frames(latent).shape[0]
+        adapter.check_fits(host.text_width(model), clip_frames, family=family)
         frames = adapter.frames
         positive = host.adapter_conditioning(positive, adapter, frames)
         if negative is not None and apply_to_negative:

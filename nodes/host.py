@@ -661,8 +661,8 @@ def inplace_add_shim(unet):
 
 class TrainingDenoiser:
     """Context manager giving the trainer a differentiable `denoise(x, sigma, context, y=None) -> (denoised,
-    features)` in the model's latent space (y: the ADM input of SDXL-family models, see `model_conds`), with the adapter's LoRAs, and `features` the attn1
-    outputs of `feature_blocks` captured during the call.
+    features)` in the model's latent space (y: the ADM input of SDXL-family models, see `model_conds`),
+    with the adapter's LoRAs, and `features` the attn1 outputs of `feature_blocks` captured during the call.
 
     Autograd cannot save the host's inference-mode weights, and the MODEL is shared with other
     nodes: the UNet is copied (frozen, detached clones of the loaded, patched weights) inside
@@ -721,5 +721,5 @@ class TrainingDenoiser:
         y = None if y is None else y.to(device, dtype)
         out = self.unet(ms.calculate_input(sigma, x).to(dtype), ms.timestep(sigma).float(), context=context.to(dtype),
                         y=y, transformer_options={"patches": {"attn1_output_patch": [capture]},
-                                             "patches_replace": self.replace}).float()
+                                                  "patches_replace": self.replace}).float()
         return ms.calculate_denoised(sigma, out, x), captured

@@ -109,8 +109,8 @@ def import_host(comfy_dir):
 
 def unet_config(arch, depth):
     """The UNetModel arguments of an architecture and a depth (the host's unet_config keys)."""
-    return {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "use_spatial_transformer": True,
-            "legacy": False, "use_checkpoint": False, **ARCHS[arch]["unet"], **depth}
+    return {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+            "use_spatial_transformer": True, "legacy": False, "use_checkpoint": False, **ARCHS[arch]["unet"], **depth}
 
 
 def text_encoders(model_config):

@@ -34,7 +34,8 @@ def test_sdxl_edit_workflow_writes_a_playable_video(live_server, clips):
                               ("TA_TrainAdapter", "steps"): 1, ("TA_TrainAdapter", "frames_per_step"): 2}) == 7
     for node in graph.values():
         if node["class_type"] == "TA_SaveVideo":
-            node["inputs"]["filename_prefix"] = node["inputs"]["filename_prefix"].replace("TemporalAdapter/", "e2e_sdxl/")
+            prefix = node["inputs"]["filename_prefix"]
+            node["inputs"]["filename_prefix"] = prefix.replace("TemporalAdapter/", "e2e_sdxl/")
     outputs = live_server.run(graph, timeout=1800)
     folder = os.path.join(live_server.output_dir, "e2e_sdxl")
     edits = sorted(f for f in os.listdir(folder) if f.startswith("edit_") and "reconstruction" not in f)
