@@ -32,10 +32,10 @@ def setup(args):
     folder_paths.set_temp_directory(tempfile.mkdtemp(prefix="ta_bench_"))
     from temporal_adapter.adapter_core.layout import names
     from temporal_adapter.nodes import host, inversion_nodes
-    model, clip = sd.load_checkpoint_guess_config(os.path.join(CHECKPOINTS, args.checkpoint), output_vae=False)[:2]
-    top_two = names(host.unet_layout(model).filter_blocks())
     with torch.inference_mode():  # the checkpoint's own text encoders: SDXL adds the pooled output
+        model, clip = sd.load_checkpoint_guess_config(os.path.join(CHECKPOINTS, args.checkpoint), output_vae=False)[:2]
         tokens, pooled = clip.encode_from_tokens(clip.tokenize("a man driving a car on a road"), return_pooled=True)
+    top_two = names(host.unet_layout(model).filter_blocks())
     cond = [[tokens, {"pooled_output": pooled}]]
     return model, cond, top_two, host, inversion_nodes
 
