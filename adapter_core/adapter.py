@@ -174,10 +174,16 @@ class Adapter:
         with torch.no_grad():
             return self.tokens().detach().float().clone()
 
-    def check_fits(self, model_width, frames, targets=None):
+    def check_fits(self, model_width, frames, targets=None, family=None):
         """Raise ValueError naming the field and both values when the adapter does not fit a model
         of text width `model_width` and a clip of `frames` frames (and, given `targets`, the model's
-        attention module paths)."""
+        attention module paths; given `family`, the model's family: an adapter trained on one family,
+        e.g. SD15, is refused on another, e.g. SDXL, naming both)."""
+        mine = self.metadata.get("family")
+        if family is not None and mine != family:
+            raise ValueError(f"adapter does not fit: it was trained on a {mine} model (text width {self.width}) but "
+                             f"the model here is {family} (text width {model_width}); an adapter works only on the "
+                             f"model family it was trained on: train one on this model")
         for field, mine, theirs in (("width", self.width, model_width), ("frames", self.frames, frames)):
             if int(mine) != int(theirs):
                 raise ValueError(f"adapter does not fit: {field} is {mine} in the adapter but {theirs} in the "

@@ -70,34 +70,6 @@ def latent_bilateral(diameter=5, sigma_color=0.5, sigma_space=1.5):
     return apply
 
 
-def parse_blocks(text, available):
-    """Parse "output 9, output 10" (or "9, 10" for output blocks) into block ids, checked against
-    `available` (the model's blocks with attention); raises ValueError listing what exists."""
-    blocks = []
-    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
-        words = part.replace("_", " ").split()
-        try:
-            block = (words[0].lower(), int(words[1])) if len(words) == 2 else ("output", int(words[0]))
-        except (ValueError, IndexError):
-            raise ValueError(f"blocks: cannot read {part!r}; write e.g. 'output 9, output 10'") from None
-        if block not in available:
-            names = ", ".join(f"{k} {i}" for k, i in available)
-            raise ValueError(f"blocks: the model has no attention block '{block[0]} {block[1]}'. "
-                             f"Its attention blocks are: {names}")
-        blocks.append(block)
-    if not blocks:
-        raise ValueError("blocks: empty; name at least one block, e.g. 'output 9, output 10'")
-    return blocks
-
-
-def auto_blocks(available, preferred):
-    """The `preferred` blocks the model has; when it has none of them, its last len(preferred) output
-    blocks with attention (small test models). Returns a list of block ids."""
-    chosen = [b for b in preferred if b in available]
-    outputs = [b for b in available if b[0] == "output"] or list(available)
-    return chosen or outputs[-len(preferred):]
-
-
 def keyframe_indices(frames, count, stride=0):
     """Frame indices of the shared keyframes: every `stride`-th frame from 0 (at most `count`), or with
     stride 0 `count` frames spread evenly from the first to the last. Raises ValueError naming the

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from .ddim import timesteps_for
 
 DEFAULT_TIMESTEPS = (932, 941)  # the theory paper's figure
-DEFAULT_DECODER_BLOCKS = tuple(("output", i) for i in range(4, 12))  # SD1.5 decoder blocks 4–11
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
              "viridis": cv2.COLORMAP_VIRIDIS}
 GROUPS = ("<shared>", "<unshared>", "<start>", "<end>")
@@ -125,18 +124,7 @@ def select_tokens(spec, tokens, encode, start_id, end_id, shared=0, unshared=0):
     return out
 
 
-# ---- blocks and timesteps -----------------------------------------------------------------------
-
-def default_blocks(available):
-    """The decoder blocks 4–11 the model has; a model with none of them: all its output blocks
-    with attention (then all its blocks). Returns (blocks, note or None)."""
-    blocks = [b for b in DEFAULT_DECODER_BLOCKS if b in available]
-    if blocks:
-        return blocks, None
-    blocks = [b for b in available if b[0] == "output"] or list(available)
-    names = ", ".join(f"{k} {i}" for k, i in blocks)
-    return blocks, f"the model has none of decoder blocks output 4-11; using its attention blocks {names}"
-
+# ---- timesteps -----------------------------------------------------------------------------
 
 def choose_timesteps(text, schedule_timesteps):
     """Timesteps to capture, as schedule entries (ints, descending).

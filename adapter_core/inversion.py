@@ -25,6 +25,23 @@ def tensor_digest(t):
     return h.hexdigest()[:20]
 
 
+def conditioning_digest(conditioning):
+    """Short content hash of a CONDITIONING ([[tensor, {extras}], ...]): each entry's tensor and every extra
+    the model may read (e.g. SDXL's pooled_output and the size/crop entries its ADM input is built from):
+    tensors by content, numbers and strings by value, other objects by type."""
+    h = hashlib.sha256()
+    for tensor, extra in conditioning:
+        h.update(tensor_digest(tensor).encode())
+        for key in sorted(extra):
+            value = extra[key]
+            if torch.is_tensor(value):
+                value = tensor_digest(value)
+            elif not isinstance(value, (int, float, str, bool, type(None))):
+                value = type(value).__qualname__
+            h.update(f"|{key}={value}".encode())
+    return h.hexdigest()[:20]
+
+
 def inversion_key(source_key, model_key, cond_key, settings):
     """Cache key of an inversion: same frames, model, source prompt and settings -> same key."""
     blob = json.dumps([source_key, model_key, cond_key, settings], sort_keys=True)

@@ -76,8 +76,11 @@ def _lora_class(base_cls):
 def lora_linear(base, lora, window):
     """A stand-in for the Linear `base` (any nn.Linear subclass) adding `lora` inside `window`.
 
-    Shares base's parameters and attributes; registers `lora` as its submodule "lora" (so moving
-    the wrapper to a device moves the LoRA with it). `base_module` gives back the original.
+    Shares base's attributes and its very parameter dict, so a parameter set on either object (the
+    host patching or restoring a weight through whichever of the two its module path reaches) is set on
+    both: a host that patched base's weight before the wrapper was installed and restores it while the
+    wrapper is in place still restores base's. Registers `lora` as its submodule "lora" (so moving the
+    wrapper to a device moves the LoRA with it). `base_module` gives back the original.
     """
     if getattr(base, "is_lora_wrapper", False):
         base = base.base_module
@@ -86,8 +89,8 @@ def lora_linear(base, lora, window):
                          f"{base.in_features}->{base.out_features}")
     cls = _lora_class(type(base))
     wrapper = cls.__new__(cls)
-    wrapper.__dict__.update(base.__dict__)
-    for name in ("_parameters", "_buffers", "_modules"):
+    wrapper.__dict__.update(base.__dict__)  # the same _parameters dict
+    for name in ("_buffers", "_modules"):
         wrapper.__dict__[name] = collections.OrderedDict(base.__dict__[name])
     wrapper.__dict__["window"] = window
     wrapper.__dict__["base_module"] = base

@@ -1,8 +1,9 @@
 """Training an Adapter on one clip (method.md §3): ε-MSE denoising inside the LoRA window plus
 λ · temporal loss between adjacent frames' attn1 outputs.
 
-The host supplies `denoise(x, sigma, context) -> (denoised, features)`: a differentiable model call
-in the model's latent space (x: [B, C, H, W], sigma: [B], context: [B, L, width]); `features` is a
+The host supplies `denoise(x, sigma, context, **extra) -> (denoised, features)`: a differentiable model
+call in the model's latent space (x: [B, C, H, W], sigma: [B], context: [B, L, width], extra: the model's
+other per-row conditioning, e.g. y: [B, D], the ADM input of SDXL-family models); `features` is a
 list of attn1 outputs [B, N, C] of the chosen blocks, captured during that call. The adapter's
 LoRAs must be installed in that model and read `adapter.window`, which the trainer pins to the
 batch's timestep. Nothing here knows the host.
@@ -92,27 +93,34 @@ def draw_batch(settings, step, frames, shape, window, pairs=1):
     return Batch(torch.cat(idx), torch.cat(ts), torch.cat(noise))
 
 
+def frame_rows(t, idx):
+    """Rows `idx` of a per-frame tensor [T, ...], or of a one-prompt tensor [1, ...] repeated."""
+    return t[idx] if t.shape[0] > 1 else t.expand(len(idx), *t.shape[1:])
+
+
 class Objective(torch.nn.Module):
     """loss(batch) = ε-MSE + λ · temporal loss, as a module over the adapter's parameters (so
-    `torch.func.functional_call` can evaluate it at other parameter values)."""
+    `torch.func.functional_call` can evaluate it at other parameter values).
+    extra: the model's other conditioning per frame ({"y": [T or 1, D]} on SDXL-family models)."""
 
-    def __init__(self, adapter, denoise, latents, text, sigmas, settings):
+    def __init__(self, adapter, denoise, latents, text, sigmas, settings, extra=None):
         super().__init__()
         self.adapter = adapter.module
         self.window = adapter.window
         object.__setattr__(self, "denoise", denoise)  # not a submodule, even if it is an nn.Module
-        self.latents, self.text, self.sigmas = latents, text, sigmas
+        self.latents, self.text, self.sigmas, self.extra = latents, text, sigmas, dict(extra or {})
         self.settings = settings
 
     def forward(self, batch):
         idx, s = batch.frames, self.settings
         sigma = self.sigmas[batch.timesteps].to(self.latents.dtype)
         x = self.latents[idx] + sigma.view(-1, 1, 1, 1) * batch.noise
-        text = self.text[idx] if self.text.shape[0] > 1 else self.text.expand(len(idx), -1, -1)
+        text = frame_rows(self.text, idx)
         context = torch.cat([self.adapter.tokens()[idx].to(text.dtype), text], dim=1)
+        extra = {k: frame_rows(v, idx) for k, v in self.extra.items()}
         self.window.timestep = float(batch.timesteps[0])
         try:
-            denoised, features = self.denoise(x, sigma, context)
+            denoised, features = self.denoise(x, sigma, context, **extra)
         finally:
             self.window.timestep = None
         eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
@@ -170,11 +178,12 @@ class _Rollback:
         return True
 
 
-def train(adapter, denoise, latents, text, sigmas, settings, progress=None, check_interrupt=None):
+def train(adapter, denoise, latents, text, sigmas, settings, progress=None, check_interrupt=None, extra=None):
     """Train `adapter` in place from step len(adapter.metadata["loss_history"]) to settings.steps.
 
     latents: [T, C, H, W] clip in the model's latent space; text: [T or 1, 77·k, width] source
-    prompt; sigmas: the model's 1000 training sigmas (index = timestep).
+    prompt; sigmas: the model's 1000 training sigmas (index = timestep); extra: the model's other
+    conditioning of that prompt ({"y": [T or 1, D]} on SDXL-family models, passed to `denoise`).
     progress(step, total, record): after each completed step; record = {"step", "total",
     "denoise", "temporal", "lr"} (also appended to adapter.metadata["loss_history"]).
     check_interrupt(): called before each step; may raise to stop (the adapter then holds the last
@@ -189,7 +198,7 @@ def train(adapter, denoise, latents, text, sigmas, settings, progress=None, chec
     settings.validate(frames)
     history = adapter.metadata.setdefault("loss_history", [])
     adapter.metadata["training"] = dataclasses.asdict(settings)
-    objective = Objective(adapter, denoise, latents, text, sigmas, settings)
+    objective = Objective(adapter, denoise, latents, text, sigmas, settings, extra)
     pairs = 2 if settings.form == "cross_timestep" else 1
     draw = lambda step: draw_batch(settings, step, frames, latents.shape[1:], adapter.window, pairs)  # noqa: E731
     shared, others = adapter.shared_parameters(), adapter.unshared_parameters() + adapter.lora_parameters()
@@ -339,22 +348,24 @@ def loss_curve_image(history, width=512, height=320):
 
 
 # ---- measuring what training bought ----------------------------------------------------------
-def consistency_table(adapter, denoise, latents, text, sigmas, timesteps, seed=0):
+def consistency_table(adapter, denoise, latents, text, sigmas, timesteps, seed=0, extra=None):
     """The theory paper's Fig. 4 measurement: for each timestep t, the clip noised to t with one
     shared noise image, one model call with `adapter` (LoRA on inside its window), and the mean
     adjacent-frame cosine similarity of the captured decoder features and of the predicted x0.
-    Returns [(t, feature cosine, x0 cosine)]."""
+    extra: as in `train`. Returns [(t, feature cosine, x0 cosine)]."""
     frames = latents.shape[0]
+    every = torch.arange(frames)
+    extra = {k: frame_rows(v, every) for k, v in (extra or {}).items()}
     noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(seed))
     rows = []
     with torch.no_grad():
         for t in timesteps:
             sigma = sigmas[int(t)].expand(frames).to(latents.dtype)
             x = latents + sigma.view(-1, 1, 1, 1) * noise
-            context = torch.cat([adapter.tokens().to(text.dtype), text.expand(frames, -1, -1)], dim=1)
+            context = torch.cat([adapter.tokens().to(text.dtype), frame_rows(text, every)], dim=1)
             adapter.window.timestep = float(t)
             try:
-                denoised, features = denoise(x, sigma, context)
+                denoised, features = denoise(x, sigma, context, **extra)
             finally:
                 adapter.window.timestep = None
             feature_cos = torch.stack([cosine_similarity_adjacent(f.float()).mean() for f in features]).mean()

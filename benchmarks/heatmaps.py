@@ -27,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def import_plugin(comfy_dir):
     """The host (in-process, --cpu) and the modules this benchmark uses."""
     sd = import_host(comfy_dir)
-    from temporal_adapter.adapter_core import ddim, heatmaps
+    from temporal_adapter.adapter_core import ddim, heatmaps, layout
     from temporal_adapter.nodes import host
-    return sd, ddim, heatmaps, host
+    return sd, ddim, heatmaps, layout, host
 
 
 def main():
@@ -46,7 +46,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sd, ddim, heatmaps, host = import_plugin(args.comfyui)
+    sd, ddim, heatmaps, layout, host = import_plugin(args.comfyui)
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"load average at start {os.getloadavg()[0]:.1f}")
     g = torch.Generator().manual_seed(0)
@@ -57,7 +57,7 @@ def main():
         model_sigmas = host.model_sigmas(model)
         sigmas = ddim.schedule(model_sigmas, args.steps)
         schedule = ddim.timesteps_for(model_sigmas, sigmas[:-1]).tolist()
-        blocks, note = heatmaps.default_blocks(host.transformer_blocks(model))
+        blocks, note = layout.choose_blocks("auto", host.unet_layout(model), "decoder_attention_blocks")
         chosen = heatmaps.choose_timesteps("auto", schedule)
         start = x * float(sigmas[0])
         print(f"model {host.model_family(model)}; blocks {', '.join(f'{k} {i}' for k, i in blocks)}"

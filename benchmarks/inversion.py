@@ -33,12 +33,13 @@ def setup(args):
     sd = import_host(args.comfyui)
     import folder_paths
     folder_paths.set_temp_directory(tempfile.mkdtemp(prefix="ta_bench_"))
+    from temporal_adapter.adapter_core.layout import names
     from temporal_adapter.nodes import host, inversion_nodes
-    model = sd.load_checkpoint_guess_config(os.path.join(CHECKPOINTS, args.checkpoint), output_vae=False,
-                                            output_clip=False)[0]
-    blocks = host.transformer_blocks(model)
-    top_two = ", ".join(f"{k} {i}" for k, i in [b for b in blocks if b[0] == "output"][-2:])
-    cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {}]]
+    with torch.inference_mode():  # the checkpoint's own text encoders: SDXL adds the pooled output
+        model, clip = sd.load_checkpoint_guess_config(os.path.join(CHECKPOINTS, args.checkpoint), output_vae=False)[:2]
+        tokens, pooled = clip.encode_from_tokens(clip.tokenize("a man driving a car on a road"), return_pooled=True)
+    top_two = names(host.unet_layout(model).filter_blocks())
+    cond = [[tokens, {"pooled_output": pooled}]]
     return model, cond, top_two, host, inversion_nodes
 
 

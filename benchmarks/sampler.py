@@ -129,7 +129,8 @@ def timing(s):
     from temporal_adapter.adapter_core.adapter import Adapter
     from temporal_adapter.nodes import host
     # Sampling cost does not depend on the adapter's values: a fresh one (default window 900-1000).
-    adapter = Adapter.create(host.text_width(s.model), s.args.timing_frames, host.attention_linears(s.model))
+    adapter = Adapter.create(host.text_width(s.model), s.args.timing_frames, host.attention_linears(s.model),
+                             family=host.model_family(s.model))
     runs = {"KSampler (ddim)": ksampler, **{name: (lambda sw=switches: s.sample(chunk=0, adapter=adapter, **sw))
                                            for name, switches in MECHANISMS.items()}}
     times, inside = {k: [] for k in runs}, {k: [] for k in runs}

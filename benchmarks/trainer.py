@@ -62,13 +62,14 @@ def main():
 
     nodes, host, adapter_nodes = host_and_nodes(args.comfyui, args.checkpoints)
     from temporal_adapter.adapter_core import training
+    from temporal_adapter.adapter_core.layout import choose_blocks
 
     with torch.inference_mode():
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(args.checkpoint)[:3]
         cond = nodes.CLIPTextEncode().encode(clip, "a man talking on a phone in a car")[0]
         latent = nodes.VAEEncode().encode(vae, frames_of(args.clip, args.frames, args.size))[0]
     baseline = peak_rss_mib()
-    features, note = adapter_nodes._blocks("auto", model, adapter_nodes.DECODER_BLOCKS)
+    features, note = choose_blocks("auto", host.unet_layout(model), "decoder_attention_blocks")
     settings = training.TrainSettings(steps=args.steps, frames_per_step=args.frames, shared_only_fraction=0.0)
     with torch.inference_mode(False):
         adapter = adapter_nodes.TA_TrainAdapter._new_adapter(model, host.model_family(model), args.frames, cond[0][0],
@@ -78,7 +79,8 @@ def main():
     with torch.inference_mode(), host.TrainingDenoiser(model, adapter, features) as denoise:
         latents = host.model_space(model, latent["samples"]).clone()
         text, sigmas = cond[0][0].clone(), host.model_sigmas(model)
-        objective = training.Objective(adapter, denoise, latents, text, sigmas, settings)
+        extra = host.adm_conditioning(model, cond, latent["samples"][:1])  # SDXL family: the ADM input y
+        objective = training.Objective(adapter, denoise, latents, text, sigmas, settings, extra)
         batch = training.draw_batch(settings, 0, args.frames, latents.shape[1:], adapter.window)
         forward = []
         with torch.no_grad():
@@ -92,10 +94,11 @@ def main():
             now = time.perf_counter()
             step_times.append(now - t_last[0])
             t_last[0] = now
-        training.train(adapter, denoise, latents, text, sigmas, settings, progress)
-        trained_rows = training.consistency_table(adapter, denoise, latents, text, sigmas, TIMESTEPS)
+        training.train(adapter, denoise, latents, text, sigmas, settings, progress, extra=extra)
+        trained_rows = training.consistency_table(adapter, denoise, latents, text, sigmas, TIMESTEPS, extra=extra)
     with torch.inference_mode(), host.TrainingDenoiser(model, untrained, features) as denoise:
-        untrained_rows = training.consistency_table(untrained, denoise, latents, text, sigmas, TIMESTEPS)
+        untrained_rows = training.consistency_table(untrained, denoise, latents, text, sigmas, TIMESTEPS,
+                                                    extra=extra)
 
     step = statistics.median(step_times[1:] or step_times)
     fwd = statistics.median(forward)

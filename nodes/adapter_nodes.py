@@ -8,32 +8,14 @@ import torch
 
 from ..adapter_core import training
 from ..adapter_core.adapter import TYPE_NAME, Adapter
-from ..adapter_core.attention import parse_blocks
+from ..adapter_core.layout import choose_blocks
 from ..adapter_core.lora import DEFAULT_WINDOW
 from ..adapter_core.temporal_loss import FORMS, REDUCES
 from . import checks, host
 
 CATEGORY = "Temporal Adapter/adapter"
 LOSS_EVENT = "temporal_adapter.loss"
-# Decoder blocks 4-11 (SD1.5 output blocks 4..11), the theory paper's feature blocks.
-DECODER_BLOCKS = [("output", i) for i in range(4, 12)]
 ADAPTER_INPUT = (TYPE_NAME, {"tooltip": "An adapter from Train Adapter or Load Adapter."})
-
-
-def _blocks(text, model, default):
-    """Block ids from a text like "output 4, output 5"; "auto" = `default` where the model has them,
-    else every output block with attention. Returns (blocks, note)."""
-    available = host.transformer_blocks(model)
-    if text.strip().lower() != "auto":
-        return parse_blocks(text, available), ""
-    if default is None:
-        return available, ""
-    chosen = [b for b in default if b in available]
-    if chosen:
-        return chosen, ""
-    chosen = [b for b in available if b[0] == "output"] or available
-    return chosen, (f"this model has no decoder blocks 4-11; using its output attention blocks "
-                    f"{', '.join(f'{k} {i}' for k, i in chosen)}")
 
 
 def _latent_frames(latent, name="latent"):
@@ -85,7 +67,7 @@ class TA_TrainAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x model to adapt (it is not modified)."}),
+            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x or SDXL-family model to adapt (it is not modified)."}),
             "conditioning": ("CONDITIONING", {"tooltip": "The SOURCE prompt describing the clip (one prompt, or "
                              "one per frame)."}),
             "latent": ("LATENT", {"tooltip": "The clip's frames encoded with VAE Encode (at least 2)."}),
@@ -106,8 +88,9 @@ class TA_TrainAdapter:
             "temporal_reduce": (list(REDUCES), {"default": "frame", "tooltip": "Cosine over each whole frame, "
                                 "or per token over channels, averaged."}),
             "feature_blocks": ("STRING", {"default": "auto", "tooltip": "UNet blocks whose self-attention "
-                               "outputs enter the temporal loss, e.g. 'output 4, output 5'. auto: decoder "
-                               "blocks 4-11 (output blocks 4..11) where the model has them."}),
+                               "outputs (every transformer layer) enter the temporal loss, e.g. 'output 4, "
+                               "output 5'. auto: the papers' decoder blocks 4-11 on the model's layout (SD1.x/SD2.x: "
+                               "output 4-11; SDXL family: output 1-5)."}),
             "shared_only_fraction": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                      "Fraction of the final steps that update only the shared tokens."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds the initial "
@@ -150,14 +133,14 @@ class TA_TrainAdapter:
             reduce=temporal_reduce, shared_only_fraction=shared_only_fraction, seed=seed,
             frames_per_step=frames_per_step)
         settings.validate(frames)
-        features, note = _blocks(feature_blocks, model, DECODER_BLOCKS)
+        features, note = choose_blocks(feature_blocks, host.unet_layout(model), "decoder_attention_blocks")
         with torch.inference_mode(False):  # trainable tensors must not be inference tensors
             if adapter is None:
                 adapter = self._new_adapter(model, family, frames, text, shared_tokens, unshared_tokens, lora_rank,
                                             lora_alpha, lora_blocks, (window_start, window_end), seed, clip_vision,
                                             images)
             else:
-                adapter.check_fits(host.text_width(model), frames, host.attention_linears(model))
+                adapter.check_fits(host.text_width(model), frames, host.attention_linears(model), family)
                 adapter = adapter.copy()  # the incoming adapter may be cached or used elsewhere
         adapter.metadata["feature_blocks"] = [list(b) for b in features]
         if note:
@@ -172,7 +155,8 @@ class TA_TrainAdapter:
         try:
             with host.TrainingDenoiser(model, adapter, features) as denoise:
                 training.train(adapter, denoise, host.model_space(model, x).clone(), text.clone(),
-                               host.model_sigmas(model), settings, progress, host.check_interrupt)
+                               host.model_sigmas(model), settings, progress, host.check_interrupt,
+                               host.adm_conditioning(model, conditioning, x[:text.shape[0]]))
         except training.TrainingDiverged as e:
             raise ValueError(f"{e}. {self._kept(adapter, done_before, 'diverged')}") from None
         except BaseException:  # interrupt (or any error): nothing trained so far is lost
@@ -200,7 +184,7 @@ class TA_TrainAdapter:
                 raise ValueError(f"images: clip_vision needs the clip's {frames} frames, got "
                                  f"{None if images is None else images.shape[0]}")
             vision = host.image_embedder(clip_vision)(images).float()
-        blocks, _ = _blocks(lora_blocks, model, None)
+        blocks, _ = choose_blocks(lora_blocks, host.unet_layout(model), "attention_blocks")
         return Adapter.create(host.text_width(model), frames, host.attention_linears(model, blocks), shared, unshared,
                               rank, alpha, window, vision, init_std=float(text.float().std()), seed=seed,
                               family=family)
@@ -273,10 +257,7 @@ class TA_LoadAdapter:
         frames = _latent_frames(latent).shape[0]
         adapter = Adapter.load(path)
         try:
-            if adapter.metadata["family"] != host.model_family(model):
-                raise ValueError(f"adapter does not fit: family is {adapter.metadata['family']} in the adapter but "
-                                 f"{host.model_family(model)} in the model")
-            adapter.check_fits(host.text_width(model), frames, host.attention_linears(model))
+            adapter.check_fits(host.text_width(model), frames, host.attention_linears(model), host.model_family(model))
         except ValueError as e:
             raise ValueError(f"{adapter_name}: {e}") from None
         return (adapter,)
@@ -310,9 +291,9 @@ class TA_ApplyAdapter:
         }}
 
     def apply(self, model, positive, adapter, apply_to_negative, negative=None, latent=None):
-        host.check_supported(model)
-        if latent is not None:
-            adapter.check_fits(host.text_width(model), _latent_frames(latent).shape[0])
+        family = host.check_supported(model)
+        clip_frames = adapter.frames if latent is None else _latent_frames(latent).shape[0]
+        adapter.check_fits(host.text_width(model), clip_frames, family=family)
         frames = adapter.frames
         positive = host.adapter_conditioning(positive, adapter, frames)
         if negative is not None and apply_to_negative:

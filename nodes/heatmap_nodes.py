@@ -7,7 +7,7 @@ from PIL import Image
 
 from ..adapter_core import ddim
 from ..adapter_core import heatmaps as core
-from ..adapter_core.attention import parse_blocks
+from ..adapter_core.layout import choose_blocks, names
 from . import checks, host
 
 CATEGORY = "Temporal Adapter/heatmaps"
@@ -47,7 +47,8 @@ class AttentionHeatmaps:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD1.x/SD2.x model (with the adapter's patches, if any)."}),
+            "model": ("MODEL", {"tooltip": "An SD1.x/SD2.x or SDXL-family model (with the adapter's patches, if "
+                      "any)."}),
             "clip": ("CLIP", {"tooltip": "The CLIP model that encoded the prompt: its tokenizer maps words to "
                      "token positions."}),
             "conditioning": ("CONDITIONING", {"tooltip": "The prompt's conditioning (one prompt, or one per frame; "
@@ -59,8 +60,9 @@ class AttentionHeatmaps:
                       "(multi-token words merged, every occurrence), context indices '#5' or '#5-8', or groups "
                       "<shared>, <unshared> (adapter tokens), <start>, <end>. Empty: every word of the prompt."}),
             "blocks": ("STRING", {"default": "auto", "tooltip": "UNet blocks to record, e.g. 'output 4, output 5' "
-                       "(a bare number is an output block). auto: decoder blocks 4-11 (SD1.5 output blocks 4..11) "
-                       "that the model has. A block the model lacks is an error listing its blocks."}),
+                       "(a bare number is an output block). auto: the papers' decoder blocks 4-11 on the model's "
+                       "layout (SD1.x/SD2.x: output 4-11; SDXL family: output 1-5). A block the model lacks is an "
+                       "error listing its blocks."}),
             "timesteps": ("STRING", {"default": "auto", "tooltip": "Training timesteps to record, e.g. '941, 921', "
                           "each snapped to the nearest step of the schedule; a value outside the schedule (e.g. 0 "
                           "when it ends at 1) is an error listing its steps. auto: the two schedule steps nearest "
@@ -116,13 +118,8 @@ class AttentionHeatmaps:
                              "encoded from and the adapter's token counts")
         selection = core.select_tokens(words, tokens, host.token_encoder(clip), start_id, end_id, shared_tokens,
                                        unshared_tokens)
-        available = host.transformer_blocks(model)
-        notes = []
-        if blocks.strip().lower() in ("", "auto"):
-            block_ids, note = core.default_blocks(available)
-            notes += [note] if note else []
-        else:
-            block_ids = parse_blocks(blocks, available)
+        block_ids, note = choose_blocks(blocks, host.unet_layout(model), "decoder_attention_blocks")
+        notes = [note] if note else []
         model_sigmas = host.model_sigmas(model)
         sigmas = inversion.sigmas.to(model_sigmas) if inversion is not None else ddim.schedule(model_sigmas, steps)
         schedule = ddim.timesteps_for(model_sigmas, sigmas[:-1]).tolist()
@@ -185,11 +182,10 @@ class AttentionHeatmaps:
 
     @staticmethod
     def _report(mode, frames, sigmas, chosen, recorder, block_ids, selection, runs, notes):
-        names = ", ".join(f"{k} {i}" for k, i in block_ids)
         tokens = "; ".join(f"{label} = #{', #'.join(map(str, idx))}" for label, idx in selection)
         lines = [f"Cross-attention heatmaps: mode {mode}, {frames} frames, {len(sigmas) - 1}-step schedule; "
                  f"timesteps {', '.join(map(str, chosen))} (recorded {recorder.calls} attention calls)",
-                 f"blocks: {names}", f"tokens: {tokens}", *notes,
+                 f"blocks: {names(block_ids)}", f"tokens: {tokens}", *notes,
                  "alignment error ||Z_t+1 - Z_t||_F (head-averaged cross-attention of adjacent frames, mean over "
                  "pairs and recorded calls):", core.alignment_table(runs)]
         data = {label: {f"{b[0]} {b[1]}.{b[2]}": [round(float(v), 6) for v in table[b]] for b in table}

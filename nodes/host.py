@@ -23,10 +23,14 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
+from ..adapter_core.layout import Block, UNetLayout
 from ..adapter_core.lora import TimestepWindow, lora_linear
 
-# Model families (ComfyUI's supported_models class names) whose UNet layout the method targets.
-SUPPORTED_FAMILIES = ("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix")
+# Model families (the host's supported_models class names) whose UNet the method targets: the SD1.x/SD2.x
+# layout (context 768 / 1024) and the SDXL family (context 2048, ADM input `y`: pooled text + size/crop).
+SD_FAMILIES = ("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD15_instructpix2pix")
+SDXL_FAMILIES = ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")
+SUPPORTED_FAMILIES = SD_FAMILIES + SDXL_FAMILIES
 
 
 def check_interrupt():
@@ -178,8 +182,8 @@ def model_family(model):
 def check_supported(model, input_name="model"):
     family = model_family(model)
     if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"{input_name}: {family} models are not supported; Temporal Adapter works on "
-                         f"SD1.x/SD2.x UNets ({', '.join(SUPPORTED_FAMILIES)}). Load an SD1.5/SD2 checkpoint.")
+        raise ValueError(f"{input_name}: {family} models are not supported; Temporal Adapter works on SD1.x/SD2.x "
+                         f"and SDXL-family UNets ({', '.join(SUPPORTED_FAMILIES)}). Load one of those checkpoints.")
     return family
 
 
@@ -194,23 +198,29 @@ def model_sigmas(model):
     return model_sampling(model).sigmas.detach().float().cpu()
 
 
-def transformer_blocks(model):
-    """Blocks of the UNet that hold transformer (attention) layers, as ("input"|"middle"|"output", i)."""
-    return list(transformer_depths(model))
-
-
-def transformer_depths(model):
-    """{block id: number of transformer layers in it} for the blocks of `transformer_blocks`, in UNet order."""
+def unet_layout(model):
+    """The model's UNet layout (`adapter_core.layout.UNetLayout`), read from its modules: every block
+    with the scale of the grid its layers work on (doubled after a block that downsamples, halved after
+    one that upsamples) and its transformer layers, plus the family, context width and ADM width."""
     unet = model.model.diffusion_model
-    found = {}
-    groups = [("input", unet.input_blocks), ("middle", [unet.middle_block] if unet.middle_block is not None else []),
-              ("output", unet.output_blocks)]
-    for name, blocks in groups:
-        for i, block in enumerate(blocks):
-            depth = sum(len(m.transformer_blocks) for m in block.modules() if type(m).__name__ == "SpatialTransformer")
-            if depth:
-                found[(name, i)] = depth
-    return found
+
+    def has(block, name):
+        return any(type(m).__name__ == name for m in block.modules())
+
+    def depth(block):
+        return sum(len(m.transformer_blocks) for m in block.modules() if type(m).__name__ == "SpatialTransformer")
+
+    blocks, scale = [], 1
+    for i, block in enumerate(unet.input_blocks):
+        blocks.append(Block("input", i, scale, depth(block)))
+        scale *= 2 if has(block, "Downsample") else 1
+    if unet.middle_block is not None:
+        blocks.append(Block("middle", 0, scale, depth(unet.middle_block)))
+    for i, block in enumerate(unet.output_blocks):
+        blocks.append(Block("output", i, scale, depth(block)))
+        scale //= 2 if has(block, "Upsample") else 1
+    config = model.model.model_config.unet_config
+    return UNetLayout(tuple(blocks), model_family(model), int(config["context_dim"]), config.get("adm_in_channels"))
 
 
 def _digest(h, value):
@@ -329,11 +339,6 @@ def reaches_inside_unet(model, *conditionings):
     return any("control" in extra or "gligen" in extra for cond in conditionings for _, extra in cond)
 
 
-def input_block_count(model):
-    """How many input blocks the model's UNet has (output block j reads the skip of input block count - 1 - j)."""
-    return len(model.model.diffusion_model.input_blocks)
-
-
 def patched_sampler(sampler_fn, patches, options=None, attn1_extension=None):
     """A SAMPLER whose runs add `patches` ({"attn1_patch": [...], "attn1_output_patch": [...], ...})
     to the model options the host passes in extra_args (a copy: the MODEL is untouched), and with
@@ -356,14 +361,33 @@ def patched_sampler(sampler_fn, patches, options=None, attn1_extension=None):
     return make_sampler(run, options)
 
 
+def model_conds(model, conditioning, x, prompt_type="positive"):
+    """The UNet's keyword inputs for the first entry of `conditioning` and a batch like x [B, C, H, W]:
+    {"c_crossattn": [B, L, W], "y": [B, D] for models with an ADM input (SDXL: pooled text + size/crop
+    embedding), ...}, built as the host's own sampler builds them (the model's `extra_conds` through
+    `comfy.samplers.encode_model_conds`, with the image size of x's latents) and repeated to B rows."""
+    tensor, extra = conditioning[0]
+    conds = comfy.samplers.encode_model_conds(model.model.extra_conds, [{**extra, "cross_attn": tensor,
+                                              "model_conds": {}}], x, x.device, prompt_type)
+    return {k: cond.process_cond(batch_size=x.shape[0], device=x.device, area=None).cond.to(x.device)
+            for k, cond in conds[0]["model_conds"].items()}
+
+
+def adm_conditioning(model, conditioning, x):
+    """{"y": [B, D]}: the ADM input the host builds for the first entry of `conditioning` and latents like x
+    [B, C, H, W] (SDXL family: pooled text + size/crop embedding, `model_conds`); {} for models without one."""
+    return {k: v.clone() for k, v in model_conds(model, conditioning, x).items() if k == "y"}
+
+
 def source_denoiser(model, conditioning, rows, frames):
     """denoise(x, sigma_batch) -> x0 for use inside a sampling run of `model` (already loaded): one
-    cfg-1 UNet call with the first entry of `conditioning` for the clip frames `rows`, through the
-    model's own patches and UNet function wrapper, as one unconditional batch chunk."""
-    context = select_conditioning(conditioning[:1], rows, frames)[0][0]
+    cfg-1 UNet call with the first entry of `conditioning` for the clip frames `rows` (with its ADM
+    input on SDXL-family models, as the host builds it), through the model's own patches and UNet
+    function wrapper, as one unconditional batch chunk."""
+    selected = select_conditioning(conditioning[:1], rows, frames)
 
     def denoise(x, sigma):
-        c = {"c_crossattn": context.to(x.device).expand(x.shape[0], -1, -1),
+        c = {**model_conds(model, selected, x, "negative"),
              "transformer_options": {**model.model_options.get("transformer_options", {}),
                                      "cond_or_uncond": [1], "sigmas": sigma}}
         wrapper = model.model_options.get("model_function_wrapper")
@@ -455,8 +479,8 @@ def with_attn1_extension(model, extend, blocks=None):
     """A clone of `model` whose self-attention (attn1) in `blocks` (None: every attention block) attends
     to keys/values extended by extend(k, v, extra_options) (projected [B, N, C] each), computed by any
     attn1 replace already on the model, else by `long_key_attention` (the input model is untouched)."""
-    return _with_replaces(model, "attn1", transformer_blocks(model) if blocks is None else blocks, _extending(extend),
-                          long_key_attention())
+    blocks = unet_layout(model).attention_blocks() if blocks is None else blocks
+    return _with_replaces(model, "attn1", blocks, _extending(extend), long_key_attention())
 
 
 def with_attn2_capture(model, blocks, record):
@@ -473,15 +497,20 @@ def with_attn2_capture(model, blocks, record):
 
 
 def _clip_tokenizer(clip):
+    """(key of its tokens in `clip.tokenize(...)`, the CLIP tokenizer) whose positions the context follows.
+    SD1/SD2: the single tokenizer (clip_l / clip_h). SDXL: clip_l; its context is clip_l's and clip_g's
+    outputs side by side at the same positions (the same BPE tokens; clip_l pads with the end token)."""
     tokenizer = clip.tokenizer
-    return getattr(tokenizer, tokenizer.clip)  # SD1/SD2: the single CLIP tokenizer (clip_l / clip_h)
+    if hasattr(tokenizer, "clip"):
+        return tokenizer.clip_name, getattr(tokenizer, tokenizer.clip)
+    return "l", tokenizer.clip_l
 
 
 def prompt_tokens(clip, text):
     """The prompt as the host's CLIP tokenizer gives it: ([(token_id, piece, word_id)] over all
     77-token chunks, start token id, end token id). Embeddings (tensors) get id -1."""
-    inner = _clip_tokenizer(clip)
-    chunks = next(iter(clip.tokenize(text, return_word_ids=True).values()))
+    key, inner = _clip_tokenizer(clip)
+    chunks = clip.tokenize(text, return_word_ids=True)[key]
     tokens = []
     for chunk in chunks:
         for token, _weight, word_id in chunk:
@@ -494,8 +523,10 @@ def prompt_tokens(clip, text):
 
 def token_encoder(clip):
     """encode(text) -> the token ids of `text` as they appear inside a prompt (no start/end)."""
+    key = _clip_tokenizer(clip)[0]
+
     def encode(text):
-        chunks = next(iter(clip.tokenize(text, return_word_ids=True).values()))
+        chunks = clip.tokenize(text, return_word_ids=True)[key]
         return [int(t) for chunk in chunks for t, _w, word_id in chunk if word_id and not torch.is_tensor(t)]
     return encode
 
@@ -616,7 +647,7 @@ def adapter_save_path(name):
 
 
 def text_width(model):
-    """Width of the text conditioning the UNet's cross-attention expects (768 for SD1.5)."""
+    """Width of the text conditioning the UNet's cross-attention expects (768 SD1.x, 1024 SD2.x, 2048 SDXL)."""
     return int(model.model.model_config.unet_config["context_dim"])
 
 
@@ -653,7 +684,7 @@ def adapter_model(model, adapter):
     Outside our own nodes' runs (which check the frames themselves, see FRAMES_CHECKED), the wrapper
     refuses (ValueError) a model call whose batch holds another number of frames than the adapter's:
     the host would otherwise cut or repeat the per-frame conditioning to fit, without a word."""
-    adapter.check_fits(text_width(model), adapter.frames, attention_linears(model))
+    adapter.check_fits(text_width(model), adapter.frames, attention_linears(model), model_family(model))
     clone = model.clone()
     window = TimestepWindow(adapter.window.lo, adapter.window.hi)  # this clone's own switch
     unet = model.model.diffusion_model
@@ -687,7 +718,7 @@ def with_context_tokens(model, tokens):
     """A clone of `model` whose cross-attention gives the cond chunks the adapter's tokens
     (`adapter_core.attention.ContextTokens`, installed as an attn2 patch and around every attn2 replace
     already on the model, else the host's attention); the input model is untouched."""
-    clone = _with_replaces(model, "attn2", transformer_blocks(model), tokens.wrap)
+    clone = _with_replaces(model, "attn2", unet_layout(model).attention_blocks(), tokens.wrap)
     clone.set_model_attn2_patch(tokens.prepend)
     return clone
 
@@ -739,9 +770,9 @@ def inplace_add_shim(unet):
 
 
 class TrainingDenoiser:
-    """Context manager giving the trainer a differentiable `denoise(x, sigma, context) -> (denoised,
-    features)` in the model's latent space, with the adapter's LoRAs, and `features` the attn1
-    outputs of `feature_blocks` captured during the call.
+    """Context manager giving the trainer a differentiable `denoise(x, sigma, context, y=None) -> (denoised,
+    features)` in the model's latent space (y: the ADM input of SDXL-family models, see `model_conds`),
+    with the adapter's LoRAs, and `features` the attn1 outputs of `feature_blocks` captured during the call.
 
     Autograd cannot save the host's inference-mode weights, and the MODEL is shared with other
     nodes: the UNet is copied (frozen, detached clones of the loaded, patched weights) inside
@@ -755,7 +786,7 @@ class TrainingDenoiser:
     def __init__(self, model, adapter, feature_blocks):
         self.model, self.adapter, self.blocks = model, adapter, {tuple(b) for b in feature_blocks}
         sdpa = host_attention("attention_pytorch")
-        attend = {block: sdpa for block in transformer_blocks(model)}
+        attend = {block: sdpa for block in unet_layout(model).attention_blocks()}
         self.replace = {"attn1": attend, "attn2": dict(attend)}
         self.unet = None
         self.shimmed = 0
@@ -782,7 +813,9 @@ class TrainingDenoiser:
         self.adapter.module.to("cpu")
         return self._mode.__exit__(*exc)
 
-    def __call__(self, x, sigma, context):
+    def __call__(self, x, sigma, context, y=None):
+        """x [B, C, H, W] model-space latents, sigma [B], context [B, L, W], y [B, D]: the ADM input of
+        SDXL-family models (None without); returns (denoised [B, C, H, W], attn1 features)."""
         base = self.model.model
         captured = []
 
@@ -795,7 +828,8 @@ class TrainingDenoiser:
         device = self.model.load_device
         x, sigma, context = x.to(device), sigma.to(device), context.to(device)
         ms = model_sampling(self.model)
+        y = None if y is None else y.to(device, dtype)
         out = self.unet(ms.calculate_input(sigma, x).to(dtype), ms.timestep(sigma).float(), context=context.to(dtype),
-                        transformer_options={"patches": {"attn1_output_patch": [capture]},
-                                             "patches_replace": self.replace}).float()
+                        y=y, transformer_options={"patches": {"attn1_output_patch": [capture]},
+                                                  "patches_replace": self.replace}).float()
         return ms.calculate_denoised(sigma, out, x), captured

@@ -3,11 +3,12 @@ SamplerCustom users (method.md §2)."""
 import torch
 
 from ..adapter_core import ddim
-from ..adapter_core.attention import TemporalAttn1Filter, latent_bilateral, parse_blocks
+from ..adapter_core.attention import TemporalAttn1Filter, latent_bilateral
 from ..adapter_core.chunking import chunk_plan, run_chunked
 from ..adapter_core.finite import all_finite
-from ..adapter_core.inversion import (Inversion, InversionCache, inversion_key, reconstruction_report,
-                                      tensor_digest)
+from ..adapter_core.inversion import (Inversion, InversionCache, conditioning_digest, inversion_key,
+                                      reconstruction_report, tensor_digest)
+from ..adapter_core.layout import choose_blocks, names
 from . import checks, host
 
 CATEGORY = "Temporal Adapter/inversion"
@@ -28,9 +29,10 @@ def _filter_inputs():
                     "Spatial mode: in units of the latent's standard deviation."}),
         "relative_sigma_r": ("BOOLEAN", {"default": False, "tooltip": "Temporal mode: sigma_r is multiplied "
                              "by the feature's standard deviation."}),
-        "blocks": ("STRING", {"default": "output 9, output 10", "tooltip": "UNet blocks whose attn1 output is "
-                   "filtered (temporal mode). SD1.5 output blocks 9 and 10 are the two highest-resolution "
-                   "decoder blocks. A block the model lacks is an error that lists the model's blocks."}),
+        "blocks": ("STRING", {"default": "auto", "tooltip": "UNet blocks whose attn1 output is filtered "
+                   "(temporal mode), e.g. 'output 9, output 10'. auto: the two highest-resolution decoder "
+                   "attention blocks of the model's layout (SD1.x/SD2.x: output 9, 10; SDXL family: output 3, 4). "
+                   "A block the model lacks is an error that lists the model's blocks."}),
     }
 
 
@@ -67,7 +69,7 @@ class BilateralDDIMInversion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD1.x/SD2.x model (eps or v-prediction)."}),
+            "model": ("MODEL", {"tooltip": "An SD1.x/SD2.x or SDXL-family model (eps or v-prediction)."}),
             "conditioning": ("CONDITIONING", {"tooltip": "The SOURCE prompt describing the original clip "
                              "(one prompt, or one per frame)."}),
             "latent": ("LATENT", {"tooltip": "The clip's frames encoded with VAE Encode."}),
@@ -89,15 +91,14 @@ class BilateralDDIMInversion:
         x = _validate_latent(latent)
         frames = x.shape[0]
         checks.clip_inputs(model, frames, conditioning=conditioning)
-        block_ids = parse_blocks(blocks, host.transformer_blocks(model)) if filter == "temporal" else []
+        block_ids = choose_blocks(blocks, host.unet_layout(model), "filter_blocks")[0] if filter == "temporal" else []
         # checked before the cache lookup, so a bad chunk size is an error whether or not the result is cached
         plan = chunk_plan(frames, frames_per_chunk, kernel // 2 if filter == "temporal" and frames >= 3 else 0)
         settings = {"steps": steps, "filter": filter, "kernel": kernel, "sigma_s": sigma_s, "sigma_r": sigma_r,
                     "relative_sigma_r": relative_sigma_r, "blocks": block_ids, "refine": refine}
         model_key = host.model_fingerprint(model)
         source_key = tensor_digest(x)
-        key = inversion_key(source_key, model_key, tensor_digest(torch.cat([c[0].flatten() for c in conditioning])),
-                            settings)
+        key = inversion_key(source_key, model_key, conditioning_digest(conditioning), settings)
         cache = InversionCache(host.inversion_cache_dir())
         inv = cache.get(key)
         cached = inv is not None
@@ -147,7 +148,7 @@ class BilateralDDIMInversion:
     def _report(inv, family, frames, cached):
         lines = [f"DDIM inversion: {frames} frames, {inv.steps} steps (refine {inv.settings['refine']}), model "
                  f"{family}, filter {inv.settings['filter']}"
-                 + (f" on {', '.join(f'{b[0]} {b[1]}' for b in inv.settings['blocks'])}" if inv.settings["blocks"] else ""),
+                 + (f" on {names(inv.settings['blocks'])}" if inv.settings["blocks"] else ""),
                  f"sigma range {float(inv.sigmas[-2]):.4f} .. {float(inv.sigmas[0]):.3f}; noise std "
                  f"{float(inv.noise.std()):.3f}" + (" (from cache)" if cached else "")]
         return "\n".join(lines + inv.notes)

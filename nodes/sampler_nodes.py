@@ -8,15 +8,13 @@ import torch
 from ..adapter_core import ddim
 from ..adapter_core.adapter import TYPE_NAME
 from ..adapter_core.attention import (ContextTokens, KeyframeAttention, SourceInjection, TemporalAttn1Filter,
-                                      auto_blocks, keyframe_indices)
+                                      keyframe_indices)
 from ..adapter_core.chunking import run_blended
+from ..adapter_core.layout import names
 from ..adapter_core.sampling import PNP_FRACTIONS, StepCosine, plan_runs, sample_consistent
 from . import checks, host
 
 CATEGORY = "Temporal Adapter/sampling"
-FILTER_BLOCKS = [("output", 9), ("output", 10)]  # the two highest-resolution SD1.5 decoder blocks
-INJECT_ATTENTION_BLOCKS = [("output", i) for i in range(4, 12)]  # decoder blocks 4-11
-INJECT_FEATURE_BLOCKS = [("output", 4)]  # plug-and-play's feature layer
 FILTER_DEFAULTS = {"kernel": 5, "sigma_s": 1.0, "sigma_r": 1.0, "relative_sigma_r": False}
 
 
@@ -34,11 +32,11 @@ def _keyframe_inputs():
 
 def _filter(model, settings):
     """TemporalAttn1Filter with the inversion's temporal filter settings when it used one, else the
-    method defaults on output blocks 9/10 (or the model's last two output attention blocks)."""
+    method defaults on the layout's filter blocks (the two highest-resolution decoder attention blocks)."""
     if settings.get("filter") == "temporal":
         return TemporalAttn1Filter(settings["blocks"], settings["kernel"], settings["sigma_s"], settings["sigma_r"],
                                    settings["relative_sigma_r"])
-    return TemporalAttn1Filter(auto_blocks(host.transformer_blocks(model), FILTER_BLOCKS), **FILTER_DEFAULTS)
+    return TemporalAttn1Filter(host.unet_layout(model).filter_blocks(), **FILTER_DEFAULTS)
 
 
 def _start(model, steps, inversion, latent):
@@ -74,8 +72,8 @@ class ConsistencySampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x model the inversion was made with (LoRAs and other "
-                      "patches applied upstream are kept)."}),
+            "model": ("MODEL", {"tooltip": "The SD1.x/SD2.x/SDXL-family model the inversion was made with (LoRAs and "
+                      "other patches applied upstream are kept)."}),
             "positive": ("CONDITIONING", {"tooltip": "The EDIT prompt (one, or one per frame)."}),
             "negative": ("CONDITIONING", {"tooltip": "The negative prompt; also the prompt of the source passes "
                          "of source-feature injection (plug-and-play uses an empty prompt there)."}),
@@ -89,17 +87,19 @@ class ConsistencySampler:
                             "(tokens prepended per frame + windowed LoRA)."}),
             "temporal_filter": ("BOOLEAN", {"default": True, "tooltip": "Mechanism 2: bilateral filter along "
                                 "frames on self-attention outputs, per CFG half; the inversion's filter settings "
-                                "when it used the temporal filter, else kernel 5 on output blocks 9/10."}),
+                                "when it used the temporal filter, else kernel 5 on the two highest-resolution "
+                                "decoder attention blocks (SD1.5: output 9, 10; SDXL: output 3, 4)."}),
             **_keyframe_inputs(),
             "inject_source": ("BOOLEAN", {"default": True, "tooltip": "Mechanism 4: inject the source's "
                               "self-attention maps and features from the inversion trajectory during the first "
                               "steps (needs an INVERSION; one extra cfg-1 model pass per injected step)."}),
             "attention_fraction": ("FLOAT", {"default": PNP_FRACTIONS[0], "min": 0.0, "max": 1.0, "step": 0.05,
                                    "tooltip": "Fraction of the first steps whose self-attention maps (decoder "
-                                   "blocks 4-11) come from the source."}),
+                                   "blocks 4-11: SD1.5 output 4-11, SDXL output 1-5) come from the source."}),
             "feature_fraction": ("FLOAT", {"default": PNP_FRACTIONS[1], "min": 0.0, "max": 1.0, "step": 0.05,
-                                 "tooltip": "Fraction of the first steps whose features entering output block 4 "
-                                 "come from the source."}),
+                                 "tooltip": "Fraction of the first steps whose features entering the feature "
+                                 "block (plug-and-play's layer 4: SD1.5 output 4, SDXL output 1) come from the "
+                                 "source."}),
             "frames_per_chunk": ("INT", {"default": 16, "min": 0, "max": 4096, "tooltip": "Mechanism 5: frames "
                                  "sampled at once (0 = all). Peak memory follows this, not the clip length."}),
             "chunk_overlap": ("INT", {"default": 4, "min": 0, "max": 4095, "tooltip": "Frames shared by "
@@ -185,10 +185,9 @@ class ConsistencySampler:
 
     @staticmethod
     def _patches(model, inversion, temporal_filter, keyframe_attention, inject_source):
-        depths = host.transformer_depths(model)
-        injection = (SourceInjection(auto_blocks(depths, INJECT_ATTENTION_BLOCKS),
-                                     auto_blocks(depths, INJECT_FEATURE_BLOCKS), host.input_block_count(model),
-                                     depths) if inject_source else None)
+        layout = host.unet_layout(model)
+        injection = (SourceInjection(layout.decoder_attention_blocks(), [layout.feature_block()],
+                                     layout.input_count(), layout.depths()) if inject_source else None)
         keyframes = KeyframeAttention() if keyframe_attention else None
         filt = _filter(model, inversion.settings if inversion is not None else {}) if temporal_filter else None
         return {"injection": injection, "keyframes": keyframes, "filter": filt,
@@ -199,7 +198,7 @@ class ConsistencySampler:
     @staticmethod
     def _report(frames, runs, keys, adapter, patches, inject, fractions, cosines, notes):
         def blocks(ids):
-            return ", ".join(f"{k} {i}" for k, i in sorted(ids))
+            return names(sorted(ids))
         filt, injection = patches["filter"], patches["injection"]
         lines = [f"temporal consistency sampler: {frames} frames, {len(cosines)} steps, {len(runs)} chunk(s)"
                  + (f" ({', '.join(f'{r.chunk.lo}-{r.chunk.hi - 1}' for r in runs)})" if len(runs) > 1 else ""),
@@ -228,14 +227,16 @@ class ConsistencySamplerCustom:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model connected to SamplerCustom (picks the filtered blocks)."}),
             "temporal_filter": ("BOOLEAN", {"default": True, "tooltip": "Bilateral filter along frames on "
-                                "self-attention outputs (kernel 5, output blocks 9/10), per CFG half."}),
+                                "self-attention outputs (kernel 5, the two highest-resolution decoder attention "
+                                "blocks), per CFG half."}),
             **_keyframe_inputs(),
         }}
 
     def get_sampler(self, model, temporal_filter, keyframe_attention, keyframes, keyframe_stride):
         host.check_supported(model)
         patches = {"attn1_output_patch": [_filter(model, {})] if temporal_filter else []}
-        extension = ((KeyframeAttention(None, keyframes, keyframe_stride).extend, host.transformer_blocks(model))
+        extension = ((KeyframeAttention(None, keyframes, keyframe_stride).extend,
+                      host.unet_layout(model).attention_blocks())
                      if keyframe_attention else None)
         return (host.patched_sampler(sample_consistent, patches, attn1_extension=extension),)
 

@@ -30,6 +30,7 @@ SIZES = os.path.join(REPO, "scripts", "workflow_node_sizes.json")
 CKPT = "v1-5-pruned-emaonly.safetensors"  # what users have; tests substitute generated weights
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 
 SOURCE = "a man talking on a phone in a car"
 EDIT = "a man talking on a phone in a car, oil painting in the style of van gogh"
@@ -54,8 +55,8 @@ def video(node_id, cap=8, width=256, clip="carphone_pristine.mp4", nth=1, place=
                                       "select_every_nth": nth}, {}, place)
 
 
-def checkpoint(node_id):
-    return (node_id, "CheckpointLoaderSimple", {"ckpt_name": CKPT}, {}, ("load", 0))
+def checkpoint(node_id, ckpt=CKPT):
+    return (node_id, "CheckpointLoaderSimple", {"ckpt_name": ckpt}, {}, ("load", 0))
 
 
 def text(node_id, prompt, clip=1):
@@ -66,18 +67,62 @@ def save_image(node_id, prefix, images, place):
     return (node_id, "SaveImage", {"filename_prefix": prefix}, {"images": images}, place)
 
 
-# load, encode, prompts (source, edit, negative), invert, train: the start of every edit workflow
-EDIT_FRONT = [
-    checkpoint(1),
-    video(2, cap=16, width=512),
-    text(3, SOURCE),
-    text(4, EDIT),
-    text(5, "blurry, low quality"),
-    (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}, ("encode", 0)),
-    (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50},
-     {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}, ("invert", 0)),
-    (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}, ("train", 0)),
-]
+def text_sdxl(node_id, prompt, clip=1):
+    """SDXL's text encoders: the same prompt for CLIP-G and CLIP-L, the size/crop entries at their 1024 px
+    defaults (the ADM input of the SDXL family)."""
+    return (node_id, "CLIPTextEncodeSDXL", {"text_g": prompt, "text_l": prompt}, {"clip": (clip, 1)},
+            ("encode", 0))
+
+
+def edit_front(ckpt, encode, width):
+    """load, encode, prompts (source, edit, negative), invert, train: the start of every edit workflow"""
+    return [
+        checkpoint(1, ckpt),
+        video(2, cap=16, width=width),
+        encode(3, SOURCE),
+        encode(4, EDIT),
+        encode(5, "blurry, low quality"),
+        (6, "VAEEncode", {}, {"pixels": (2, 0), "vae": (1, 2)}, ("encode", 0)),
+        (7, "TA_BilateralDDIMInversion", {"filter": "temporal", "steps": 50},
+         {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)}, ("invert", 0)),
+        (8, "TA_TrainAdapter", {"steps": 200}, {"model": (1, 0), "conditioning": (3, 0), "latent": (6, 0)},
+         ("train", 0)),
+    ]
+
+
+def edit_video(ckpt, encode, width):
+    """load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save; measure
+    below"""
+    return edit_front(ckpt, encode, width) + [
+        save_image(19, "TemporalAdapter/edit_loss_curve", (8, 1), ("train", 0)),
+        (9, "TA_ConsistencySampler", {"steps": 50, "cfg": 7.5},
+         {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "inversion": (7, 1), "adapter": (8, 0)},
+         ("edit", 0)),
+        (10, "VAEDecode", {}, {"samples": (9, 0), "vae": (1, 2)}, ("save", 0)),
+        (11, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit"}, {"images": (10, 0), "fps": (2, 1)},
+         ("save", 0)),
+        # what the edit is measured with: inversion round trip, consistency metrics, attention heatmaps
+        (12, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
+         {"model": (1, 0), "conditioning": (3, 0), "inversion": (7, 1), "vae": (1, 2)}, ("invert", 1)),
+        (13, "VAEDecode", {}, {"samples": (12, 0), "vae": (1, 2)}, ("train", 1)),
+        (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit_reconstruction_video"},
+         {"images": (13, 0), "fps": (2, 1)}, ("train", 1)),
+        (17, "TA_AttentionHeatmaps", {"text": EDIT, "words": "man, phone, car", "mode": "probe"},
+         {"model": (1, 0), "clip": (1, 1), "conditioning": (4, 0), "latent": (6, 0), "images": (2, 0),
+          "inversion": (7, 1)}, ("edit", 1)),
+        (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)},
+         ("save", 1)),
+        (15, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/edit_metrics"},
+         {"source": (2, 0), "edited": (10, 0), "latents": (9, 0)}, ("save", 1)),
+        (16, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_metrics_plot"}, {"images": (15, 1)},
+         ("save", 1)),
+    ]
+
+
+EDIT_FRONT = edit_front(CKPT, text, 512)
+EDIT_NOTE = ("The whole edit: invert the clip, train an adapter on it, sample the edit prompt with every "
+             "consistency mechanism, decode and save. Below: inversion round trip, consistency metrics "
+             "and cross-attention heatmaps of the edit.")
 
 WORKFLOWS = {
     "load_and_save.json": {
@@ -109,35 +154,12 @@ WORKFLOWS = {
             (10, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/reconstruction"},
              {"images": (9, 0), "fps": (2, 1)}, ("save", 0)),
         ]},
-    # load -> encode -> invert -> train adapter -> sample (all mechanisms on) -> decode -> save; measure below
-    "edit_video.json": {
-        "note": "The whole edit: invert the clip, train an adapter on it, sample the edit prompt with every "
-                "consistency mechanism, decode and save. Below: inversion round trip, consistency metrics "
-                "and cross-attention heatmaps of the edit.",
-        "nodes": EDIT_FRONT + [
-            save_image(19, "TemporalAdapter/edit_loss_curve", (8, 1), ("train", 0)),
-            (9, "TA_ConsistencySampler", {"steps": 50, "cfg": 7.5},
-             {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "inversion": (7, 1), "adapter": (8, 0)},
-             ("edit", 0)),
-            (10, "VAEDecode", {}, {"samples": (9, 0), "vae": (1, 2)}, ("save", 0)),
-            (11, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit"}, {"images": (10, 0), "fps": (2, 1)},
-             ("save", 0)),
-            # what the edit is measured with: inversion round trip, consistency metrics, attention heatmaps
-            (12, "TA_InversionReconstruct", {"filename_prefix": "TemporalAdapter/edit_reconstruction"},
-             {"model": (1, 0), "conditioning": (3, 0), "inversion": (7, 1), "vae": (1, 2)}, ("invert", 1)),
-            (13, "VAEDecode", {}, {"samples": (12, 0), "vae": (1, 2)}, ("train", 1)),
-            (14, "TA_SaveVideo", {"filename_prefix": "TemporalAdapter/edit_reconstruction_video"},
-             {"images": (13, 0), "fps": (2, 1)}, ("train", 1)),
-            (17, "TA_AttentionHeatmaps", {"text": EDIT, "words": "man, phone, car", "mode": "probe"},
-             {"model": (1, 0), "clip": (1, 1), "conditioning": (4, 0), "latent": (6, 0), "images": (2, 0),
-              "inversion": (7, 1)}, ("edit", 1)),
-            (18, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_heatmap_grid"}, {"images": (17, 1)},
-             ("save", 1)),
-            (15, "TA_ConsistencyMetrics", {"filename_prefix": "TemporalAdapter/edit_metrics"},
-             {"source": (2, 0), "edited": (10, 0), "latents": (9, 0)}, ("save", 1)),
-            (16, "SaveImage", {"filename_prefix": "TemporalAdapter/edit_metrics_plot"}, {"images": (15, 1)},
-             ("save", 1)),
-        ]},
+    "edit_video.json": {"note": EDIT_NOTE, "nodes": edit_video(CKPT, text, 512)},
+    # the same chain on an SDXL-family checkpoint (SDXL 1.0, its fine-tunes, SSD-1B, Segmind Vega, KOALA):
+    # SDXL's text encoders and 1024 px frames
+    "edit_video_sdxl.json": {
+        "note": EDIT_NOTE[:-1] + " On an SDXL-family checkpoint: SDXL's text encoders, 1024 px frames.",
+        "nodes": edit_video(SDXL_CKPT, text_sdxl, 1024)},
     # train an adapter on the clip and save it (models/temporal_adapters) with its loss curve
     "train_adapter.json": {
         "note": "Train a temporal adapter (shared and per-frame tokens, windowed LoRA) on your clip and save it "

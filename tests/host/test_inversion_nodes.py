@@ -323,9 +323,10 @@ def test_unsupported_model_family_is_refused(comfy_host, nodes_mod, clips):
         model = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
         cond = [[torch.zeros(1, 77, 768), {}]]
         latent = {"samples": torch.zeros(3, 4, 8, 8)}
-        # A private copy of the model posing as SDXL: the family check must refuse it by name.
-        model.model.model_config = comfy.supported_models.SDXL(model.model.model_config.unet_config)
-        with pytest.raises(ValueError, match="model: SDXL models are not supported"):
+        # A private copy of the model posing as the SDXL refiner (an img2img second stage, not a base model
+        # the method edits with): the family check must refuse it by name.
+        model.model.model_config = comfy.supported_models.SDXLRefiner(model.model.model_config.unet_config)
+        with pytest.raises(ValueError, match="model: SDXLRefiner models are not supported"):
             nodes_mod.BilateralDDIMInversion().invert(model, cond, latent, 3, "off", 5, 1.0, 1.0, False, "", 0, 0)
 
 

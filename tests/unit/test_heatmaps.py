@@ -84,11 +84,7 @@ def test_timesteps_outside_the_schedule_are_refused_with_the_valid_ones(text):
         hm.choose_timesteps(f"941, {text}", schedule)
 
 
-def test_default_blocks_are_decoder_blocks_4_to_11_where_present():
-    full = [("input", 1), ("middle", 0)] + [("output", i) for i in range(3, 12)]
-    assert hm.default_blocks(full) == ([("output", i) for i in range(4, 12)], None)
-    blocks, note = hm.default_blocks([("input", 1), ("output", 0), ("output", 1)])
-    assert blocks == [("output", 0), ("output", 1)] and "none of decoder blocks" in note
+def test_block_grid_places_the_queries_of_each_level():
     assert hm.block_grid(64 * 64 // 4, 64, 64) == (32, 32) and hm.block_grid(4 * 2, 7, 3) == (4, 2)
 
 

@@ -5,8 +5,7 @@ import torch
 
 from temporal_adapter.adapter_core import ddim
 from temporal_adapter.adapter_core.attention import (ContextTokens, KeyframeAttention, SourceInjection,
-                                                     SourceRecorded, TemporalAttn1Filter, auto_blocks,
-                                                     keyframe_indices)
+                                                     SourceRecorded, TemporalAttn1Filter, keyframe_indices)
 from temporal_adapter.adapter_core.chunking import blend_weights, overlap_plan, run_blended
 from temporal_adapter.adapter_core.inversion import Inversion
 from temporal_adapter.adapter_core.sampling import StepCosine, plan_runs, sample_consistent
@@ -43,14 +42,6 @@ def test_keyframe_indices():
     assert keyframe_indices(2, 5) == [0, 1]
     with pytest.raises(ValueError, match="keyframe_stride: 30 does not fit a clip of 24 frames"):
         keyframe_indices(24, 3, stride=30)
-
-
-def test_auto_blocks_prefers_the_method_blocks_and_falls_back_to_the_last_output_blocks():
-    sd15 = [("input", 1), ("middle", 0)] + [("output", i) for i in range(3, 12)]
-    assert auto_blocks(sd15, [("output", 9), ("output", 10)]) == [("output", 9), ("output", 10)]
-    tiny = [("input", 1), ("output", 0), ("output", 1)]
-    assert auto_blocks(tiny, [("output", 9), ("output", 10)]) == [("output", 0), ("output", 1)]
-    assert auto_blocks(tiny, [("output", 4)]) == [("output", 1)]
 
 
 def test_keyframe_attention_appends_the_keyframe_tokens_per_cfg_chunk():

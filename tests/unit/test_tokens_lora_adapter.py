@@ -34,6 +34,13 @@ def test_lora_linear_adds_scaled_low_rank_update_only_inside_the_window():
     assert set(wrapped.state_dict()) == {"weight", "bias", "lora.down", "lora.up"}
     assert set(base.state_dict()) == {"weight", "bias"} and torch.equal(base.weight, weight)
     assert lora_linear(wrapped, lora, window).base_module is base  # re-wrapping unwraps first
+    # The host patches and restores weights by module path, reaching the wrapper or the base depending on
+    # whether the wrapper is installed at that moment: both must see the same parameter.
+    patched = torch.nn.Parameter(weight * 2, requires_grad=False)
+    setattr(wrapped, "weight", patched)
+    assert base.weight is patched
+    setattr(base, "weight", torch.nn.Parameter(weight, requires_grad=False))
+    assert torch.equal(wrapped.weight, weight) and torch.equal(wrapped(x), base(x))
 
 
 def test_fresh_lora_is_a_no_op_and_gradients_reach_only_the_lora():
@@ -119,6 +126,10 @@ def test_bad_files_and_misfits_name_the_problem(tmp_path):
         a.check_fits(768, 3)
     with pytest.raises(ValueError, match="LoRA target 'blocks.0.attn2.to_k'"):
         a.check_fits(16, 3, targets={"blocks.0.attn1.to_q": (8, 8)})
+    a.check_fits(16, 3, family="SD15")
+    with pytest.raises(ValueError, match=r"trained on a SD15 model \(text width 16\) but the model here is SDXL "
+                                         r"\(text width 2048\)"):
+        a.check_fits(2048, 3, family="SDXL")  # the family is named before any other mismatch
 
 
 def test_copy_is_independent():
