@@ -9,7 +9,7 @@
    slow on a small CPU, so by default a forward of `--unet-frames` frames is timed and scaled
    linearly to 16 (printed as such).
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/bilateral.py
+Run from the repo root:  python3 scripts/ta.py run benchmarks/bilateral.py
 """
 import argparse
 import os
@@ -18,9 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from common import import_host, register_package, seconds
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import CHECKPOINTS, DEFAULT_COMFYUI, import_host, register_package, seconds
 FRAMES, TOKENS, CHANNELS = 16, 4096, 320
 
 
@@ -47,8 +45,8 @@ def unet_forward_seconds(checkpoint, comfy_dir, frames, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint",
-                        default=os.path.join(REPO, ".cache/models/checkpoints/ta_full_sd15.safetensors"))
-    parser.add_argument("--comfyui", default=os.path.join(REPO, ".cache/host/ComfyUI"))
+                        default=os.path.join(CHECKPOINTS, "ta_full_sd15.safetensors"))
+    parser.add_argument("--comfyui", default=DEFAULT_COMFYUI)
     parser.add_argument("--unet-frames", type=int, default=1, help="frames per timed UNet forward (scaled to 16)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0,

@@ -9,8 +9,14 @@ import types
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_COMFYUI = os.path.join(REPO, ".cache", "host", "ComfyUI")
-CHECKPOINTS = os.path.join(REPO, ".cache", "models", "checkpoints")
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from comfy_client import load_manifest  # noqa: E402
+
+# What `python3 scripts/ta.py run benchmarks/NAME.py` provisioned for the chosen host.
+MANIFEST = load_manifest()
+DEFAULT_COMFYUI = MANIFEST["comfyui"]
+CHECKPOINTS = MANIFEST["checkpoints"]
+CLIPS = MANIFEST["clips"]  # {file name: path} of the sample clips
 
 
 def import_host(comfy_dir=DEFAULT_COMFYUI, host_args=()):

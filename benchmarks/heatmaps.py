@@ -10,7 +10,7 @@ the plain one bit for bit. Peak memory: the process's resident set size sampled 
 during each run; "extra" is the variant's peak minus the plain run's peak (same process, same inputs),
 plus the recorder's retained state (the aggregate it keeps).
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/heatmaps.py
+Run from the repo root:  python3 scripts/ta.py run benchmarks/heatmaps.py
 """
 import argparse
 import os
@@ -19,9 +19,7 @@ import time
 
 import torch
 
-from common import PeakRSS, import_host
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import CHECKPOINTS, DEFAULT_COMFYUI, PeakRSS, import_host
 
 
 def import_plugin(comfy_dir):
@@ -35,8 +33,8 @@ def import_plugin(comfy_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint",
-                        default=os.path.join(REPO, ".cache/models/checkpoints/ta_full_sd15.safetensors"))
-    parser.add_argument("--comfyui", default=os.path.join(REPO, ".cache/host/ComfyUI"))
+                        default=os.path.join(CHECKPOINTS, "ta_full_sd15.safetensors"))
+    parser.add_argument("--comfyui", default=DEFAULT_COMFYUI)
     parser.add_argument("--frames", type=int, default=2)
     parser.add_argument("--size", type=int, default=16, help="latent side (pixels / 8)")
     parser.add_argument("--steps", type=int, default=10)

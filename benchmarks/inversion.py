@@ -11,7 +11,7 @@ Then peak memory (resident set size, sampled every ms, minus the level before th
 computed on every run of the inverter, sampler, readout and heatmaps) as a fraction of one inversion
 (filter off, cache cleared) of the same model in the same process; medians after a warm-up.
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/inversion.py [--checkpoint NAME] [--frames N]
+Run from the repo root:  python3 scripts/ta.py run benchmarks/inversion.py [--checkpoint NAME] [--frames N]
 [--part all|timing|memory|fingerprint]
 """
 import argparse

@@ -14,7 +14,7 @@
 4. attention (only when asked): keyframe attention's kernel on CPU, the host's own attention function
    vs torch SDPA on plain and keyframe-extended keys (time and peak memory of one call).
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/sampler.py [--part table|timing|memory|attention|all]
+Run from the repo root:  python3 scripts/ta.py run benchmarks/sampler.py [--part table|timing|memory|attention|all]
 """
 import argparse
 import json
@@ -28,9 +28,8 @@ import time
 import numpy as np
 import torch
 
-from common import CHECKPOINTS, PeakRSS, import_host, seconds
+from common import CHECKPOINTS, CLIPS, PeakRSS, import_host, seconds
 
-CLIPS = os.path.join(os.path.dirname(CHECKPOINTS), "..", "clips")
 SOURCE, EDIT = "people riding bikes on a street", "people riding horses on a street, oil painting"
 OFF = dict(use_adapter=False, temporal_filter=False, keyframe_attention=False, inject_source=False)
 MECHANISMS = {"all off": {}, "adapter": {"use_adapter": True}, "temporal filter": {"temporal_filter": True},
@@ -41,7 +40,7 @@ MECHANISMS = {"all off": {}, "adapter": {"use_adapter": True}, "temporal filter"
 def frames(count, width, height):
     """The first `count` frames of bikes.mp4 at width x height, through the plugin's own loader."""
     from temporal_adapter.adapter_core.video import LoadOptions, load
-    return load(os.path.join(CLIPS, "bikes.mp4"), LoadOptions(frame_load_cap=count, width=width, height=height))[0]
+    return load(CLIPS["bikes.mp4"], LoadOptions(frame_load_cap=count, width=width, height=height))[0]
 
 
 class Setup:

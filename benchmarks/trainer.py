@@ -6,7 +6,7 @@ The full-size random SD1.5 UNet from the generated checkpoint, loaded by the hos
 carphone_pristine.mp4 at 256 px (32x32 latents), 4 frames per step, default adapter (S=4, U=2,
 rank-4 LoRA on q/k/v/out of every attention, decoder blocks 4-11 for the temporal loss).
 
-Run from the repo root:  .cache/venv/bin/python benchmarks/trainer.py [--steps N]
+Run from the repo root:  python3 scripts/ta.py run benchmarks/trainer.py [--steps N]
 """
 import argparse
 import json
@@ -19,9 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from common import import_host
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import CHECKPOINTS, CLIPS, DEFAULT_COMFYUI, import_host
 TIMESTEPS = (999, 975, 950, 925, 900)
 
 
@@ -52,9 +50,9 @@ def peak_rss_mib():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="ta_full_sd15.safetensors")
-    parser.add_argument("--checkpoints", default=os.path.join(REPO, ".cache/models/checkpoints"))
-    parser.add_argument("--comfyui", default=os.path.join(REPO, ".cache/host/ComfyUI"))
-    parser.add_argument("--clip", default=os.path.join(REPO, ".cache/clips/carphone_pristine.mp4"))
+    parser.add_argument("--checkpoints", default=CHECKPOINTS)
+    parser.add_argument("--comfyui", default=DEFAULT_COMFYUI)
+    parser.add_argument("--clip", default=CLIPS["carphone_pristine.mp4"])
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=256, help="frame size in pixels (latents are size/8)")
     parser.add_argument("--steps", type=int, default=4, help="timed training steps (the first is a warm-up)")

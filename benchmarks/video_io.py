@@ -1,8 +1,8 @@
 """Decode throughput and peak memory of the video loader against bare PyAV and OpenCV loops;
 with --part save, the save node's time against a bare PyAV encode loop.
 
-    .cache/venv/bin/python benchmarks/video_io.py [--clip PATH] [--repeats N]
-    .cache/venv/bin/python benchmarks/video_io.py --part save [--clip PATH] [--repeats N] [--format mp4|webm]
+    python3 scripts/ta.py run benchmarks/video_io.py [--clip PATH] [--repeats N]
+    python3 scripts/ta.py run benchmarks/video_io.py --part save [--clip PATH] [--repeats N] [--format mp4|webm]
 
 Every measurement runs in its own fresh subprocess (alternating, N times each), so the peak
 resident set size (getrusage ru_maxrss) belongs to that one decode. Each child imports numpy, av,
@@ -112,11 +112,6 @@ def measure(kind, clip):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def manifest():
-    with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
-        return json.load(f)
-
-
 def bare_encode(images, path, fmt, fps, crf):
     """The floor: one torch conversion of the batch (IMAGE in), then PyAV's plain encode loop; with
     a uint8 numpy batch, the encode loop alone."""
@@ -206,11 +201,13 @@ def main():
     parser.add_argument("--comfyui", default=None, help="--part save: the host (default: the cache's)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from comfy_client import load_manifest
     if args.part == "save":
-        args.clip = args.clip or manifest()["clips"]["bikes.mp4"]
-        args.comfyui = args.comfyui or manifest()["comfyui"]
+        args.clip = args.clip or load_manifest()["clips"]["bikes.mp4"]
+        args.comfyui = args.comfyui or load_manifest()["comfyui"]
         return save_part(args)
-    clip = args.clip or manifest()["clips"]["bigbuckbunny.mp4"]
+    clip = args.clip or load_manifest()["clips"]["bigbuckbunny.mp4"]
     if args.child:
         return child(args.child, clip)
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_client import ComfyServer, WIDGET_TYPES  # noqa: E402
+from comfy_client import ComfyServer, WIDGET_TYPES, load_manifest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = os.path.join(REPO, "scripts", "workflow_node_sizes.json")
@@ -352,7 +352,7 @@ MEASURE_JS = """async (workflow) => {
 def measure(server, workflows):
     """{workflow name: {node id: [w, h]}} as the live host's front end sizes the nodes."""
     from playwright.sync_api import sync_playwright
-    clips = json.load(open(os.environ["TA_MANIFEST"]))["clips"]
+    clips = load_manifest()["clips"]
     for path in clips.values():  # the loader shows a preview of its file when the file is there
         shutil.copy(path, server.input_dir)
     found = {}
@@ -371,8 +371,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--measure", action="store_true", help="record node sizes in this host's front end first")
     args = parser.parse_args()
-    with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = load_manifest()
     sizes = json.load(open(SIZES)) if os.path.exists(SIZES) else {}
     with tempfile.TemporaryDirectory() as work:
         server = ComfyServer(manifest["python"], manifest["comfyui"], work,

@@ -16,8 +16,27 @@ import urllib.request
 import uuid
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 class ComfyError(RuntimeError):
     pass
+
+
+def manifest_path():
+    """The provisioning manifest of the host in use: $TA_MANIFEST (set by `scripts/ta.py run|test` to the
+    chosen host's), else the one the last `scripts/ta.py` set-up wrote in .cache/."""
+    return os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")
+
+
+def load_manifest():
+    """The manifest as a dict (python, comfyui, checkpoints, clips, extra_model_paths, host_label, ...);
+    SystemExit naming the set-up command when nothing was provisioned."""
+    path = manifest_path()
+    if not os.path.exists(path):
+        raise SystemExit(f"no provisioning manifest at {path}: run `python3 scripts/ta.py setup` first")
+    with open(path) as f:
+        return json.load(f)
 
 
 def free_port():

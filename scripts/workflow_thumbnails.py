@@ -15,7 +15,7 @@ import tempfile
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_client import ComfyServer  # noqa: E402
+from comfy_client import ComfyServer, load_manifest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,8 +34,7 @@ HIDE_CHROME = """async () => {
 
 def main():
     from playwright.sync_api import sync_playwright
-    with open(os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = load_manifest()
     folder = os.path.join(REPO, "example_workflows")
     names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
     with tempfile.TemporaryDirectory() as work:
