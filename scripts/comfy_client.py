@@ -107,7 +107,7 @@ class ComfyServer:
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
+                return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
@@ -149,6 +149,14 @@ class ComfyServer:
                 raise ComfyError(f"ComfyUI died while running the queue:\n{self.log_tail()}")
             time.sleep(0.25)
         raise ComfyError(f"the queue did not empty within {timeout}s:\n{self.log_tail()}")
+
+    def free(self):
+        """Ask the host to unload its models and free their memory once the queue is idle (POST /free,
+        as the front end's "Unload models" does): the server keeps what it loaded otherwise."""
+        status, _ = self.post("/free", {"unload_models": True, "free_memory": True})
+        if status != 200:
+            raise ComfyError(f"/free answered {status}")
+        self.wait_idle()
 
     def run(self, graph, timeout=600):
         return self.wait(self.submit(graph), timeout)

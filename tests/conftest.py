@@ -5,6 +5,7 @@ e2e (a live server over HTTP), browser (the front end in headless Chromium). The
 as the package `temporal_adapter` without running its `__init__` (which needs the host), so unit
 tests import `temporal_adapter.adapter_core...` with no ComfyUI at all.
 """
+import gc
 import json
 import os
 import sys
@@ -142,7 +143,7 @@ def host_model(family, depth, arch, seed):
                                             offload_device=mm.unet_offload_device())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sdxl_model(comfy_host):
     """The mini SDXL (`MINI_SDXL`) as a MODEL: family "SDXL", the host's SDXL latent format and ADM path."""
     import torch
@@ -150,7 +151,7 @@ def sdxl_model(comfy_host):
         return host_model("SDXL", MINI_SDXL, "sdxl", 11)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sdxl_clip(comfy_host):
     """(CLIP, VAE) of the generated Segmind-Vega checkpoint (CLIP-L + OpenCLIP-G at full depth, an SDXL TAESD),
     loaded by the host's own loader without its UNet."""
@@ -159,6 +160,19 @@ def sdxl_clip(comfy_host):
     path = comfy_host.folder_paths.get_full_path("checkpoints", "ta_vega_sdxl.safetensors")
     with torch.inference_mode():
         return tuple(comfy.sd.load_checkpoint_guess_config(path, output_model=False)[1:3])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_models():
+    """After each test module, the host's model management lets go of the models the module loaded (as
+    its "Unload models" does), so that the suite's memory is that of one module's models, not of all
+    (the full SD1.5, SD2.1 and Segmind-Vega checkpoints together do not fit a CI machine)."""
+    yield
+    if "comfy.model_management" in sys.modules:
+        import comfy.model_management as mm
+        mm.unload_all_models()
+        gc.collect()
+        mm.soft_empty_cache()
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,10 @@ def test_sdxl_edit_workflow_writes_a_playable_video(live_server, clips):
         if node["class_type"] == "TA_SaveVideo":
             prefix = node["inputs"]["filename_prefix"]
             node["inputs"]["filename_prefix"] = prefix.replace("TemporalAdapter/", "e2e_sdxl/")
-    outputs = live_server.run(graph, timeout=1800)
+    try:
+        outputs = live_server.run(graph, timeout=1800)
+    finally:
+        live_server.free()  # the 745 M-param UNet and its text encoders stay loaded in the server otherwise
     folder = os.path.join(live_server.output_dir, "e2e_sdxl")
     edits = sorted(f for f in os.listdir(folder) if f.startswith("edit_") and "reconstruction" not in f)
     assert edits, f"no video written: {os.listdir(folder)}"

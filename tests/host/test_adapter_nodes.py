@@ -86,6 +86,15 @@ def train(mods, setup, steps, adapter=None, **kw):
         return mods[0].TA_TrainAdapter().train(model, cond, latent, adapter=adapter, unique_id="7", **args)["result"]
 
 
+def untrained(mods, model, cond, frames, shared_tokens=4, unshared_tokens=2, lora_rank=4, lora_alpha=4.0, seed=3):
+    """The adapter `train` starts from (same settings and seed) before its first step: the baseline of the
+    loss and Fig. 4 comparisons (the node itself refuses steps=0)."""
+    with torch.inference_mode(False):
+        return mods[0].TA_TrainAdapter._new_adapter(model, mods[1].model_family(model), frames, cond[0][0],
+                                                    shared_tokens, unshared_tokens, lora_rank, lora_alpha, "auto",
+                                                    (900, 1000), seed, None, None)
+
+
 def ksample(comfy_host, model, pos, neg, latent, steps=2):
     with torch.inference_mode():
         return comfy_host.nodes.KSampler().sample(model, 11, steps, 4.0, "euler", "normal", pos, neg, latent,
@@ -160,9 +169,7 @@ def measured(mods, full, trained):
     """evaluate() of an untrained adapter (same seed, same start) and of the trained one."""
     adapter = trained["adapter"]
     model, cond = full[:2]
-    with torch.inference_mode(False):
-        fresh = mods[0].TA_TrainAdapter._new_adapter(model, "SD15", FRAMES, cond[0][0], 4, 2, 4, 4.0, "auto",
-                                                     (900, 1000), 3, None, None)
+    fresh = untrained(mods, model, cond, FRAMES)
     fresh.metadata.update(training=adapter.metadata["training"], feature_blocks=adapter.metadata["feature_blocks"])
     return evaluate(mods, full, fresh), evaluate(mods, full, adapter)
 

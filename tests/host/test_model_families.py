@@ -22,7 +22,7 @@ import torch
 from temporal_adapter.adapter_core import ddim, training
 from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
-from test_adapter_nodes import train as train_adapter
+from test_adapter_nodes import train as train_adapter, untrained as untrained_adapter
 from test_inversion_nodes import encode, frames_of, invert, rel_error, sharpened_self_attention
 from test_sampler_nodes import ALL_OFF, ALL_ON, sample
 
@@ -202,10 +202,13 @@ def test_every_mechanism_runs_on_every_transformer_layer_and_composes_with_an_up
         assert ("attn1", "output", 1, 1) in layers  # the second layer of a deep block
 
 
+SMALL = dict(shared_tokens=2, unshared_tokens=1, lora_rank=2, lora_alpha=2.0)
+
+
 def train(mods, model, cond, latent, steps, **kw):
     """test_adapter_nodes.train with fewer tokens, rank 2 and no shared-only phase."""
-    small = dict(shared_only_fraction=0.0, shared_tokens=2, unshared_tokens=1, lora_rank=2, lora_alpha=2.0)
-    return train_adapter((mods.adapter, mods.host), (model, cond, None, latent), steps, **{**small, **kw})
+    return train_adapter((mods.adapter, mods.host), (model, cond, None, latent), steps,
+                         **{"shared_only_fraction": 0.0, **SMALL, **kw})
 
 
 def evaluate(mods, fam, adapter, batches=3):
@@ -249,7 +252,8 @@ def test_training_lowers_the_loss_and_leaves_the_model_bit_identical(fam, mods, 
     assert adapter.width == mods.host.text_width(fam.model)
     assert adapter.metadata["feature_blocks"] == [list(b) for b in mods.host.unet_layout(fam.model)
                                                   .decoder_attention_blocks()]
-    untrained = train(mods, fam.model, fam.source, fam.latent, 0)[0]
+    untrained = untrained_adapter((mods.adapter, mods.host), fam.model, fam.source, fam.latent["samples"].shape[0],
+                                  **SMALL)
     untrained.metadata.update(training=adapter.metadata["training"], feature_blocks=adapter.metadata["feature_blocks"])
     (loss0, table0), (loss1, table1) = evaluate(mods, fam, untrained), evaluate(mods, fam, adapter)
     print(f"\n{fam.name}: loss on fixed batches untrained {loss0:.5f} -> trained {loss1:.5f}")
