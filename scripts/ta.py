@@ -357,13 +357,21 @@ def manifest_env(manifest):
 
 def print_timings(paths):
     """One table of tiers x hosts from the JSON files that the test runs wrote (TA_TIMINGS)."""
-    runs = []
+    runs = {}  # host -> its tiers and outcome, summed over the runs on that host (CI splits tiers over runs)
     for path in paths:
         if not os.path.exists(path):
             log(f"no tier times in {path}: that run ended before its tests finished")
             continue
         with open(path) as f:
-            runs.append(json.load(f))
+            run_ = json.load(f)
+        merged = runs.setdefault(run_["host"], {"host": run_["host"], "tiers": {}, "outcome": "passed"})
+        for tier, v in run_["tiers"].items():
+            cell = merged["tiers"].setdefault(tier, {"count": 0, "seconds": 0.0})
+            cell["count"] += v["count"]
+            cell["seconds"] += v["seconds"]
+        if run_["outcome"] != "passed":
+            merged["outcome"] = run_["outcome"]
+    runs = list(runs.values())
     tiers = sorted({tier for r in runs for tier in r["tiers"]})
     width = max([len(r["host"]) for r in runs] + [4])
     print(f"\n{'host':{width}s}  " + "  ".join(f"{t:>16s}" for t in tiers) + f"  {'total':>9s}  result")

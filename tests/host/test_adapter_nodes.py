@@ -26,7 +26,7 @@ from temporal_adapter.adapter_core.adapter import Adapter
 from test_inversion_nodes import frames_of
 
 CKPT = "ta_twolevel_sd15.safetensors"
-FRAMES, STEPS, REPEAT = 8, 24, 3
+FRAMES, STEPS, REPEAT = 8, 12, 2
 FULL_PX, SMALL_PX = 512, 64  # 64x64 and 8x8 latents
 TIMESTEPS = (999, 900)  # the ends of the LoRA window (each one an 8-frame forward at 64x64 per adapter)
 

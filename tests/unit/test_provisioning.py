@@ -102,3 +102,19 @@ def test_each_host_has_its_own_cache_key(tmp_path, monkeypatch):
     monkeypatch.setenv("COMFYUI_PATH", str(other))
     with pytest.raises(SystemExit, match="both set"):
         ta.choose_host()
+
+
+def test_timings_sum_the_runs_of_each_host(tmp_path, capsys):
+    """CI runs a host's tiers in two `ta.py test` runs: the table has one row per host, each tier summed,
+    and the host fails when any of its runs failed."""
+    runs = [("A", {"unit": (3, 1.5)}, "passed"), ("A", {"host": (2, 10.0), "unit": (1, 0.5)}, "failed (pytest exit 1)"),
+            ("B", {"host": (4, 20.0)}, "passed")]
+    paths = []
+    for i, (host, tiers, outcome) in enumerate(runs):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps({"host": host, "outcome": outcome, "tiers": {
+            t: {"count": c, "seconds": s} for t, (c, s) in tiers.items()}}))
+    ta.print_timings([str(p) for p in paths] + [str(tmp_path / "missing.json")])
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith(("A ", "B "))}
+    assert rows["A"].split() == ["A", "2", "in", "10.0s", "4", "in", "2.0s", "12.0s", "failed", "(pytest", "exit", "1)"]
+    assert rows["B"].split() == ["B", "4", "in", "20.0s", "20.0s", "passed"]
