@@ -5,6 +5,7 @@ e2e (a live server over HTTP), browser (the front end in headless Chromium). The
 as the package `temporal_adapter` without running its `__init__` (which needs the host), so unit
 tests import `temporal_adapter.adapter_core...` with no ComfyUI at all.
 """
+import fcntl
 import gc
 import json
 import os
@@ -160,6 +161,23 @@ def sdxl_clip(comfy_host):
     path = comfy_host.folder_paths.get_full_path("checkpoints", "ta_vega_sdxl.safetensors")
     with torch.inference_mode():
         return tuple(comfy.sd.load_checkpoint_guess_config(path, output_model=False)[1:3])
+
+
+@pytest.fixture(scope="module")
+def big_model_turn():
+    """Held by the modules that load the full-size checkpoints (SD1.5 860 M, SD2.1-768-v, Segmind Vega; 8-12 GB
+    at peak) while they run: when CI runs two suites at once (one per host), TA_MEMORY_LOCK names a file
+    both lock, so that two such modules take turns instead of adding up their memory."""
+    path = os.environ.get("TA_MEMORY_LOCK")
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True, scope="module")

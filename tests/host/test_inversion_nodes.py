@@ -12,6 +12,8 @@ from temporal_adapter.adapter_core import ddim
 from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
 
+pytestmark = pytest.mark.usefixtures("big_model_turn")  # full-size checkpoints (conftest)
+
 
 def frames_of(path, count, size):
     cap, out = cv2.VideoCapture(path), []

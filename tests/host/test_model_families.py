@@ -26,6 +26,8 @@ from test_adapter_nodes import train as train_adapter, untrained as untrained_ad
 from test_inversion_nodes import encode, frames_of, invert, rel_error, sharpened_self_attention
 from test_sampler_nodes import ALL_OFF, ALL_ON, sample
 
+pytestmark = pytest.mark.usefixtures("big_model_turn")  # full-size checkpoints (conftest)
+
 FRAMES, STEPS = 4, 4
 SDXL_SIZES = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
 

@@ -12,6 +12,8 @@ from temporal_adapter.adapter_core.adapter import Adapter
 from temporal_adapter.adapter_core.temporal_loss import cosine_similarity_adjacent
 from test_inversion_nodes import encode, frames_of, invert, load, rel_error
 
+pytestmark = pytest.mark.usefixtures("big_model_turn")  # full-size checkpoints (conftest)
+
 CKPT = "ta_tiny_sd15.safetensors"
 STEPS = 5
 FRAMES = 6
@@ -126,7 +128,9 @@ def test_keyframe_attention_equals_extending_the_attention_inputs(mods, setup, m
     monkeypatch.undo()
     assert f"keyframe attention: on (frames {rows})" in report
     assert len(sdpa_keys) == 3 * STEPS and set(sdpa_keys) == {4}  # 3 attention blocks, one batched call per step
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    # Two attention algorithms (torch SDPA, the host's sub-quadratic one) sum in different orders, which
+    # also change with the thread count: with one torch thread 1 of the 1536 values differed by 1.3e-4.
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=2e-4)
 
     seen = []
 
