@@ -803,10 +803,12 @@ CONVERT_CHUNK = 16  # frames converted to uint8 per step (bounds the float32 cop
 def to_uint8(images, even=False):
     """The IMAGE batch [N, H, W, 3] as one uint8 numpy array, converted before any encoding starts.
 
-    Each value is x * 255 rounded half to even and clamped to 0..255, bit-identical to
-    `images.mul(255).round().clamp(0, 255).to(torch.uint8)`, computed by one OpenCV pass per chunk
-    (multiply with saturation): 3-4x faster than the torch expression on the 2-core benchmark machine
-    (benchmarks/README.md), and with no float temporary.
+    Each value is x * 255 computed exactly (OpenCV multiplies in float64), rounded half to even and
+    clamped to 0..255: bit-identical to `images.double().mul(255).round().clamp(0, 255)`. Torch's float32
+    expression `images.mul(255).round()` differs from it by 1 in about 6 values per million, where its
+    float32 product rounds onto a half (0.2764706 * 255 = 70.5000034 gives 70 there, 71 here). One
+    OpenCV pass per chunk (multiply with saturation): 3-4x faster than the torch expression on the
+    2-core benchmark machine (benchmarks/README.md), and with no float temporary.
     even: pad the right/bottom edge by one repeated pixel to even sizes (yuv420p needs them).
     """
     count, h, w = images.shape[:3]
