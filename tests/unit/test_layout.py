@@ -62,6 +62,16 @@ def test_requirements_never_list_torch():
     assert not {"torch", "torchvision", "torchaudio"} & set(names)
 
 
+def test_pyproject_and_requirements_list_the_same_dependencies():
+    """ComfyUI-Manager installs requirements.txt, the registry reads pyproject.toml: they must agree
+    (Pillow and psutil were missing from pyproject.toml)."""
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]["dependencies"]
+    with open(os.path.join(REPO, "requirements.txt")) as f:
+        listed = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    assert sorted(project) == sorted(listed)
+
+
 def test_plugin_init_uses_relative_imports_only():
     with open(os.path.join(REPO, "__init__.py")) as f:
         tree = ast.parse(f.read())
