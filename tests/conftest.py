@@ -30,13 +30,13 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 
 def manifest():
-    """What `scripts/ta.py setup` provisioned (host path, weights, clips)."""
-    path = os.environ.get("TA_MANIFEST") or os.path.join(REPO, ".cache", "manifest.json")
-    if not os.path.exists(path):
-        pytest.exit(f"no provisioning manifest at {path}: run `python3 scripts/ta.py test` "
-                    "(or `python3 scripts/ta.py setup` first)", returncode=3)
-    with open(path) as f:
-        return json.load(f)
+    """What `scripts/ta.py setup` provisioned (host path, weights, clips): comfy_client.load_manifest,
+    ending the session (not one test) when nothing was provisioned."""
+    from comfy_client import load_manifest
+    try:
+        return load_manifest()
+    except SystemExit as e:
+        pytest.exit(f"{e} (or run `python3 scripts/ta.py test`)", returncode=3)
 
 
 @pytest.fixture(scope="session")
