@@ -22,6 +22,7 @@ gets the pins of scripts/requirements-host.txt; any other host gets its own requ
 states them, and our pins only for the packages it leaves open, resolved together in one install.
 Every step is skipped when done; `manifest.json` (and `hosts/<key>/manifest.json`) says what was set up.
 """
+import csv
 import hashlib
 import json
 import os
@@ -247,14 +248,60 @@ def setup_venv(venv, kind, comfy_dir):
             return python, done["notes"]
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run(pip + TORCH_PINS)  # alone first: the pinned builds from this machine's disk, never a CUDA download
+    share_identical_files(venv)  # before the rest: the disk holds one copy of torch at any time
     lines, notes = venv_requirements(kind, comfy_dir, lambda: torchaudio_available(python))
     listing = os.path.join(venv, "ta-requirements.txt")
     write_atomic(listing, "\n".join(lines) + "\n")
     run(pip + ["-r", listing])
+    share_identical_files(venv)
     for note in notes:
         log(note)
     write_atomic(stamp, json.dumps({"key": key, "notes": notes}))
     return python, notes
+
+
+def site_packages(venv):
+    return os.path.join(venv, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
+
+
+def installed_files(dist_info):
+    """{path relative to site-packages: "sha256=..."} of an installed distribution, from its RECORD
+    (files outside site-packages, such as console scripts, left out)."""
+    try:
+        with open(os.path.join(dist_info, "RECORD"), newline="") as f:
+            return {row[0]: row[1] for row in csv.reader(f) if len(row) > 1 and row[1] and not row[0].startswith("..")}
+    except OSError:
+        return {}
+
+
+def share_identical_files(venv):
+    """Hard-link the files of `venv` to the same files of the same distributions (same name and version,
+    same hash in both RECORDs) in the other host venvs of the cache: torch's build with its CUDA libraries
+    is 5.3 GB per venv. pip replaces files and never writes into them, so an install in one venv never
+    changes another. Returns the bytes now shared."""
+    mine, shared = site_packages(venv), 0
+    for other in sorted(os.listdir(os.path.join(CACHE, "hosts"))):
+        theirs = site_packages(os.path.join(CACHE, "hosts", other, "venv"))
+        if not os.path.isdir(theirs) or os.path.samefile(theirs, mine):
+            continue
+        for info in os.listdir(mine):
+            if not info.endswith(".dist-info") or not os.path.isdir(os.path.join(theirs, info)):
+                continue
+            their_files = installed_files(os.path.join(theirs, info))
+            for rel, sha in installed_files(os.path.join(mine, info)).items():
+                ours, source = os.path.join(mine, rel), os.path.join(theirs, rel)
+                try:
+                    if their_files.get(rel) != sha or os.path.samefile(ours, source) \
+                            or os.path.getsize(ours) != os.path.getsize(source):
+                        continue
+                    os.link(source, ours + ".ta-link")
+                    os.replace(ours + ".ta-link", ours)
+                    shared += os.path.getsize(ours)
+                except OSError:  # missing on either side, or another file system: keep our copy
+                    continue
+    if shared:
+        log(f"{shared / 2**30:.2f} GiB of {venv} hard-linked to the same files of another host's venv")
+    return shared
 
 
 # ---- plugin link, weights, clips ----------------------------------------------------------------

@@ -118,3 +118,37 @@ def test_timings_sum_the_runs_of_each_host(tmp_path, capsys):
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith(("A ", "B "))}
     assert rows["A"].split() == ["A", "2", "in", "10.0s", "4", "in", "2.0s", "12.0s", "failed", "(pytest", "exit", "1)"]
     assert rows["B"].split() == ["B", "4", "in", "20.0s", "20.0s", "passed"]
+
+
+def test_a_second_host_venv_shares_the_files_of_identical_distributions(tmp_path, monkeypatch):
+    """The same distribution (name, version, file hash) in two host venvs is stored once; a file whose hash
+    differs, a distribution at another version and a file outside site-packages keep their own copies."""
+    monkeypatch.setattr(ta, "CACHE", str(tmp_path))
+
+    def venv(host, files, info="torch-2.14.1.dist-info"):
+        site = ta.site_packages(str(tmp_path / "hosts" / host / "venv"))
+        os.makedirs(os.path.join(site, info))
+        rows = []
+        for rel, text in files.items():
+            path = os.path.join(site, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+            rows.append(f"{rel},sha256={hash(text)},{len(text)}")
+        with open(os.path.join(site, info, "RECORD"), "w") as f:
+            f.write("\n".join(rows + [f"{info}/RECORD,,"]) + "\n")
+        return site
+
+    same = {"torch/lib/big.so": "x" * 1000, "torch/__init__.py": "import torch", "../../../bin/torchrun": "#!"}
+    first = venv("a", dict(same, **{"torch/version.py": "a"}))
+    venv("a", {"numpy/core.py": "np1"}, "numpy-1.26.4.dist-info")
+    second = venv("b", dict(same, **{"torch/version.py": "b"}))
+    venv("b", {"numpy/core.py": "np1"}, "numpy-2.1.0.dist-info")
+    assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 1000 + len("import torch")
+    for rel in ("torch/lib/big.so", "torch/__init__.py"):
+        assert os.path.samefile(os.path.join(first, rel), os.path.join(second, rel))
+    for rel in ("torch/version.py", "numpy/core.py", "../../../bin/torchrun"):
+        assert not os.path.samefile(os.path.join(first, rel), os.path.join(second, rel))
+    assert open(os.path.join(second, "torch/version.py")).read() == "b"
+    assert not [f for f in os.listdir(os.path.join(second, "torch")) if f.endswith(".ta-link")]
+    assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 0  # already shared
