@@ -108,6 +108,18 @@ def comfy_host(provisioned, tmp_path_factory):
                                  dir=comfy_dir, base=base, checkpoints=provisioned["checkpoints"])
 
 
+@pytest.fixture
+def adapter_dir(comfy_host, tmp_path):
+    """Adapters are written to a temp folder placed first in the temporal_adapters list. On leaving, the
+    host's cached listing of that list goes too: the folder is deleted after the test, and the host's cache
+    check (os.path.getmtime of every folder it listed) would raise FileNotFoundError in later tests."""
+    paths = comfy_host.folder_paths.folder_names_and_paths["temporal_adapters"][0]
+    paths.insert(0, str(tmp_path))
+    yield tmp_path
+    paths.remove(str(tmp_path))
+    comfy_host.folder_paths.filename_list_cache.pop("temporal_adapters", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(comfy_host):
     """(MODEL, CLIP, VAE) of the generated tiny SD1.5 checkpoint, loaded by the host's own loader."""

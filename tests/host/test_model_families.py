@@ -276,28 +276,23 @@ def test_plain_gradient_descent_with_the_lipschitz_step_never_increases_the_loss
     assert all(b <= a for a, b in zip(totals, totals[1:])) and totals[-1] < totals[0]
 
 
-def test_save_load_apply_is_bit_identical(fam, mods, comfy_host, trained, tmp_path):
+def test_save_load_apply_is_bit_identical(fam, mods, comfy_host, trained, adapter_dir):
     adapter = trained[0]
-    paths = comfy_host.folder_paths.folder_names_and_paths["temporal_adapters"][0]
-    paths.insert(0, str(tmp_path))
-    try:
-        with torch.inference_mode():
-            name = mods.adapter.TA_SaveAdapter().save(adapter, f"family_{fam.name}")["result"][0]
-            loaded = mods.adapter.TA_LoadAdapter().load(name, fam.model, fam.latent)[0]
-            outs = []
-            for a in (adapter, loaded):
-                m, pos, neg = mods.adapter.TA_ApplyAdapter().apply(fam.model, fam.edit, a, False, fam.negative,
-                                                                   fam.latent)
-                assert pos[0][0].shape == (FRAMES, 3 + 77, mods.host.text_width(fam.model))
-                assert "pooled_output" in pos[0][1]
-                outs.append(comfy_host.nodes.KSampler().sample(m, 3, 1, 4.0, "euler", "normal", pos, neg,
-                                                               fam.latent)[0]["samples"])
-    finally:
-        paths.remove(str(tmp_path))
+    with torch.inference_mode():
+        name = mods.adapter.TA_SaveAdapter().save(adapter, f"family_{fam.name}")["result"][0]
+        loaded = mods.adapter.TA_LoadAdapter().load(name, fam.model, fam.latent)[0]
+        outs = []
+        for a in (adapter, loaded):
+            m, pos, neg = mods.adapter.TA_ApplyAdapter().apply(fam.model, fam.edit, a, False, fam.negative,
+                                                               fam.latent)
+            assert pos[0][0].shape == (FRAMES, 3 + 77, mods.host.text_width(fam.model))
+            assert "pooled_output" in pos[0][1]
+            outs.append(comfy_host.nodes.KSampler().sample(m, 3, 1, 4.0, "euler", "normal", pos, neg,
+                                                           fam.latent)[0]["samples"])
     assert torch.equal(outs[0], outs[1])
 
 
-def test_an_adapter_of_another_family_is_refused_naming_both(fam, mods, tiny_model, comfy_host, tmp_path):
+def test_an_adapter_of_another_family_is_refused_naming_both(fam, mods, tiny_model, adapter_dir):
     """An SD1.5 adapter on this model and this family's adapter on SD1.5: Apply, the sampler and Load refuse."""
     family = mods.host.model_family(fam.model)
     sd15 = tiny_model[0]
@@ -310,15 +305,9 @@ def test_an_adapter_of_another_family_is_refused_naming_both(fam, mods, tiny_mod
         with pytest.raises(ValueError, match=message):
             sample(mods.pair, model, fam.edit, fam.negative, latent=fam.noise, adapter=adapter, steps=STEPS,
                    use_adapter=True)
-    path = tmp_path / "other.safetensors"
-    cases[0][0].save(str(path))
-    paths = comfy_host.folder_paths.folder_names_and_paths["temporal_adapters"][0]
-    paths.insert(0, str(tmp_path))
-    try:
-        with pytest.raises(ValueError, match=f"trained on a SD15 model .* but the model here is {family}"):
-            mods.adapter.TA_LoadAdapter().load("other.safetensors", fam.model, fam.latent)
-    finally:
-        paths.remove(str(tmp_path))
+    cases[0][0].save(str(adapter_dir / "other.safetensors"))
+    with pytest.raises(ValueError, match=f"trained on a SD15 model .* but the model here is {family}"):
+        mods.adapter.TA_LoadAdapter().load("other.safetensors", fam.model, fam.latent)
 
 
 def test_heatmaps_map_words_and_report_the_alignment_per_block_and_layer(fam, mods):
