@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -80,9 +81,13 @@ def stamped(path, key):
 
 
 def write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
+    """Replace `path` by `text` in one step; two set-ups writing the same file at once (CI sets a second
+    host up while the first one's tests start) each write their own temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def pip_download(spec):

@@ -152,3 +152,27 @@ def test_a_second_host_venv_shares_the_files_of_identical_distributions(tmp_path
     assert open(os.path.join(second, "torch/version.py")).read() == "b"
     assert not [f for f in os.listdir(os.path.join(second, "torch")) if f.endswith(".ta-link")]
     assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 0  # already shared
+
+
+def test_set_ups_writing_the_same_file_at_once_do_not_collide(tmp_path):
+    """CI sets a second host up while the first host's tests start: both write the cache's manifest.json and
+    extra_model_paths.yaml. Each write is whole, and none fails for the other's temporary file."""
+    import threading
+    path, errors = str(tmp_path / "manifest.json"), []
+
+    def writer(n):
+        try:
+            for i in range(200):
+                ta.write_atomic(path, f"{n}-{i}\n" * 100)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    lines = open(path).read().splitlines()
+    assert len(lines) == 100 and len(set(lines)) == 1
+    assert os.listdir(tmp_path) == ["manifest.json"]
