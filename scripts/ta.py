@@ -252,9 +252,11 @@ def setup_venv(venv, kind, comfy_dir):
         if done["key"] == key:
             return python, done["notes"]
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run(pip + TORCH_PINS)  # alone first: the pinned builds from this machine's disk, never a CUDA download
-    share_identical_files(venv)  # before the rest: the disk holds one copy of torch at any time
     lines, notes = venv_requirements(kind, comfy_dir, lambda: torchaudio_available(python))
+    # from another host's venv with the same pins, so the disk holds no second 5 GB copy; what this venv's
+    # own requirements name is left to pip, so the host decides those versions as in a venv of its own
+    link_pinned_torch(venv, {requirement_name(ln) for ln in lines} - set(PINNED_BY_US))
+    run(pip + TORCH_PINS)  # alone first: the pinned builds from this machine's disk, never a CUDA download
     listing = os.path.join(venv, "ta-requirements.txt")
     write_atomic(listing, "\n".join(lines) + "\n")
     run(pip + ["-r", listing])
@@ -279,16 +281,85 @@ def installed_files(dist_info):
         return {}
 
 
+def other_venvs(venv):
+    """site-packages of the cache's other host venvs (same Python version)."""
+    mine = site_packages(venv)
+    for other in sorted(os.listdir(os.path.join(CACHE, "hosts"))):
+        theirs = site_packages(os.path.join(CACHE, "hosts", other, "venv"))
+        if os.path.isdir(theirs) and not os.path.samefile(theirs, mine):
+            yield theirs
+
+
+def pinned_closure(site, leave_out=()):
+    """The installed distributions of `site` that TORCH_PINS bring (torch, torchvision and everything they
+    require on this platform, but for the normalised names in `leave_out`), or None unless exactly the pinned
+    versions are installed there."""
+    from importlib import metadata
+
+    from pip._vendor.packaging.requirements import Requirement  # pip runs this script's installs anyway
+    from pip._vendor.packaging.utils import canonicalize_name
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions(path=[site])
+                 if d.metadata["Name"]}
+    pins = [Requirement(p) for p in TORCH_PINS]
+    if not all(canonicalize_name(r.name) in installed and installed[canonicalize_name(r.name)].version in r.specifier
+               for r in pins):
+        return None
+    extras_seen, todo = {}, [(r.name, "") for r in pins]  # (distribution, extra it is asked with)
+    while todo:
+        name, extra = todo.pop()
+        name = canonicalize_name(name)
+        if name not in installed or name in leave_out or extra in extras_seen.setdefault(name, set()):
+            continue
+        extras_seen[name].add(extra)
+        for line in installed[name].requires or []:
+            req = Requirement(line)
+            if not req.marker or req.marker.evaluate({"extra": extra}):
+                todo += [(req.name, e) for e in ("", *req.extras)]
+    return [installed[name] for name in extras_seen if name in installed]
+
+
+def link_pinned_torch(venv, leave_out=()):
+    """Before pip installs TORCH_PINS into a new venv: hard-link the same pinned torch, torchvision and what
+    they require (but for the names in `leave_out`) from another host venv of the cache, dist-info included,
+    so that pip finds them installed and the disk never holds a second copy (torch's CUDA build with its
+    libraries is 5.3 GB). Console scripts (outside site-packages) are not linked: none is used here. pip
+    replaces files and never writes into them, so a later install in one venv never changes another.
+    Returns the bytes linked."""
+    mine, linked = site_packages(venv), 0
+    if any(name.startswith("torch-") for name in os.listdir(mine)):  # pip installed it before
+        return 0
+    for theirs in other_venvs(venv):
+        closure, done = pinned_closure(theirs, leave_out), []
+        if not closure:
+            continue
+        try:
+            for dist in closure:  # each one's dist-info last: pip sees a distribution only once it is whole
+                entries = sorted((str(e) for e in dist.files or [] if not str(e).startswith("..")),
+                                 key=lambda e: ".dist-info/" in e)
+                for entry in entries:
+                    source, ours = os.path.join(theirs, entry), os.path.join(mine, entry)
+                    if os.path.isfile(source) and not os.path.exists(ours):
+                        os.makedirs(os.path.dirname(ours), exist_ok=True)
+                        os.link(source, ours)
+                        done.append(ours)
+                        linked += os.path.getsize(ours)
+        except OSError as e:  # e.g. a file system without hard links: pip installs a copy instead
+            for path in done:
+                os.remove(path)
+            log(f"could not hard-link torch from {theirs} ({e}); pip installs a copy")
+            return 0
+        log(f"{linked / 2**30:.2f} GiB of {', '.join(TORCH_PINS)} and their requirements hard-linked from {theirs}")
+        return linked
+    return 0
+
+
 def share_identical_files(venv):
     """Hard-link the files of `venv` to the same files of the same distributions (same name and version,
     same hash in both RECORDs) in the other host venvs of the cache: torch's build with its CUDA libraries
     is 5.3 GB per venv. pip replaces files and never writes into them, so an install in one venv never
     changes another. Returns the bytes now shared."""
     mine, shared = site_packages(venv), 0
-    for other in sorted(os.listdir(os.path.join(CACHE, "hosts"))):
-        theirs = site_packages(os.path.join(CACHE, "hosts", other, "venv"))
-        if not os.path.isdir(theirs) or os.path.samefile(theirs, mine):
-            continue
+    for theirs in other_venvs(venv):
         for info in os.listdir(mine):
             if not info.endswith(".dist-info") or not os.path.isdir(os.path.join(theirs, info)):
                 continue

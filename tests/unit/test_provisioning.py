@@ -120,30 +120,81 @@ def test_timings_sum_the_runs_of_each_host(tmp_path, capsys):
     assert rows["B"].split() == ["B", "4", "in", "20.0s", "20.0s", "passed"]
 
 
-def test_a_second_host_venv_shares_the_files_of_identical_distributions(tmp_path, monkeypatch):
-    """The same distribution (name, version, file hash) in two host venvs is stored once; a file whose hash
-    differs, a distribution at another version and a file outside site-packages keep their own copies."""
+def fake_dist(site, name, version, files, requires=()):
+    """An installed distribution as pip leaves it: its files, METADATA and RECORD (sha256 per file)."""
+    import base64
+    import hashlib
+    info = f"{name.replace('-', '_')}-{version}.dist-info"
+    os.makedirs(os.path.join(site, info), exist_ok=True)
+    rows = []
+    for rel, text in files.items():
+        path = os.path.join(site, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        sha = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        rows.append(f"{rel},sha256={sha},{len(text)}")
+    with open(os.path.join(site, info, "METADATA"), "w") as f:
+        f.write("".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"]
+                        + [f"Requires-Dist: {r}\n" for r in requires]))
+    with open(os.path.join(site, info, "RECORD"), "w") as f:
+        f.write("\n".join(rows + [f"{info}/METADATA,,", f"{info}/RECORD,,"]) + "\n")
+
+
+def host_site(tmp_path, host):
+    site = ta.site_packages(str(tmp_path / "hosts" / host / "venv"))
+    os.makedirs(site, exist_ok=True)
+    return site
+
+
+def test_a_second_host_venv_links_the_pinned_torch_of_another(tmp_path, monkeypatch):
+    """A new host venv gets the pinned torch, torchvision and what they require on this platform (extras they
+    ask for included) as hard links to another host venv's files (dist-info included, so pip sees them
+    installed); not a distribution only an extra nobody asks for brings, not an unrelated one, not console
+    scripts, not one the new host's requirements name; nothing from a venv with other versions."""
+    from importlib import metadata
     monkeypatch.setattr(ta, "CACHE", str(tmp_path))
+    first = host_site(tmp_path, "a")
+    fake_dist(first, "torch", "2.14.1", {"torch/lib/big.so": "x" * 1000, "../../../bin/torchrun": "#!"},
+              ["cuda-toolkit[cublas] ; platform_system == 'Linux'", "typing-extensions>=4",
+               "opt-einsum ; extra == 'opt'", "pywin32 ; platform_system == 'Windows'"])
+    fake_dist(first, "torchvision", "0.29.1", {"torchvision/__init__.py": "tv"}, ["torch==2.14.1"])
+    fake_dist(first, "cuda-toolkit", "13.0", {"cuda_toolkit/__init__.py": "ct"},
+              ["nvidia-cublas ; extra == 'cublas'", "nvidia-cufft ; extra == 'cufft'"])
+    fake_dist(first, "nvidia-cublas", "13.1", {"nvidia/cublas/lib.so": "c" * 500})
+    fake_dist(first, "nvidia-cufft", "13.1", {"nvidia/cufft/lib.so": "f" * 500})
+    fake_dist(first, "typing-extensions", "4.16.0", {"typing_extensions.py": "te"})
+    fake_dist(first, "opt-einsum", "3.4", {"opt_einsum/__init__.py": "oe"})
+    fake_dist(first, "numpy", "2.4.6", {"numpy/__init__.py": "np"})
+    older = host_site(tmp_path, "0-older")
+    fake_dist(older, "torch", "2.13.0", {"torch/lib/big.so": "y" * 1000})
+    fake_dist(older, "torchvision", "0.28.0", {"torchvision/__init__.py": "tv0"})
+    second = host_site(tmp_path, "b")
+    linked_bytes = ta.link_pinned_torch(str(tmp_path / "hosts" / "b" / "venv"))
+    assert linked_bytes == sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(second) for f in fs) > 1500
+    linked = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[second])}
+    assert linked == {"torch": "2.14.1", "torchvision": "0.29.1", "cuda-toolkit": "13.0", "nvidia-cublas": "13.1",
+                      "typing-extensions": "4.16.0"}
+    assert os.path.samefile(os.path.join(first, "torch/lib/big.so"), os.path.join(second, "torch/lib/big.so"))
+    assert not os.path.exists(os.path.join(second, "../../../bin/torchrun"))
+    assert ta.link_pinned_torch(str(tmp_path / "hosts" / "b" / "venv")) == 0  # torch is there now
+    # what the new host's own requirements name is left to pip (the host decides its version)
+    third = host_site(tmp_path, "c")
+    assert ta.link_pinned_torch(str(tmp_path / "hosts" / "c" / "venv"), {"typing-extensions"}) > 0
+    assert {d.metadata["Name"] for d in metadata.distributions(path=[third])} == {
+        "torch", "torchvision", "cuda-toolkit", "nvidia-cublas"}
 
-    def venv(host, files, info="torch-2.14.1.dist-info"):
-        site = ta.site_packages(str(tmp_path / "hosts" / host / "venv"))
-        os.makedirs(os.path.join(site, info))
-        rows = []
-        for rel, text in files.items():
-            path = os.path.join(site, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(text)
-            rows.append(f"{rel},sha256={hash(text)},{len(text)}")
-        with open(os.path.join(site, info, "RECORD"), "w") as f:
-            f.write("\n".join(rows + [f"{info}/RECORD,,"]) + "\n")
-        return site
 
+def test_a_second_host_venv_shares_the_files_of_identical_distributions(tmp_path, monkeypatch):
+    """After pip's install, the same distribution (name, version, file hash) in two host venvs is stored once;
+    a file whose hash differs, a distribution at another version and a console script keep their own copies."""
+    monkeypatch.setattr(ta, "CACHE", str(tmp_path))
     same = {"torch/lib/big.so": "x" * 1000, "torch/__init__.py": "import torch", "../../../bin/torchrun": "#!"}
-    first = venv("a", dict(same, **{"torch/version.py": "a"}))
-    venv("a", {"numpy/core.py": "np1"}, "numpy-1.26.4.dist-info")
-    second = venv("b", dict(same, **{"torch/version.py": "b"}))
-    venv("b", {"numpy/core.py": "np1"}, "numpy-2.1.0.dist-info")
+    first, second = host_site(tmp_path, "a"), host_site(tmp_path, "b")
+    fake_dist(first, "torch", "2.14.1", dict(same, **{"torch/version.py": "a"}))
+    fake_dist(first, "numpy", "1.26.4", {"numpy/core.py": "np1"})
+    fake_dist(second, "torch", "2.14.1", dict(same, **{"torch/version.py": "b"}))
+    fake_dist(second, "numpy", "2.1.0", {"numpy/core.py": "np1"})
     assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 1000 + len("import torch")
     for rel in ("torch/lib/big.so", "torch/__init__.py"):
         assert os.path.samefile(os.path.join(first, rel), os.path.join(second, rel))
