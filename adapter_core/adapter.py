@@ -11,13 +11,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from .atomic import atomic_path
 from .finite import count_nonfinite
 from .lora import DEFAULT_WINDOW, LoRA, TimestepWindow
 from .tokens import PromptTokens
@@ -222,16 +222,9 @@ class Adapter:
         if bad:
             raise ValueError(f"adapter: {bad} holds NaN or infinite values; {os.path.basename(path)} was not "
                              "written (train the adapter again with a lower learning_rate)")
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
-        os.close(fd)
-        try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, allow_nan=False)})
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
         return path
 
     @classmethod

@@ -6,12 +6,12 @@ Latents here are in the model's own (scaled) latent space, as the host's sampler
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path
 from .finite import all_finite
 
 FORMAT_VERSION = 1
@@ -96,10 +96,9 @@ class Inversion:
         """Atomic safetensors write (temp file + rename)."""
         meta = {"format_version": str(FORMAT_VERSION), "settings": json.dumps(self.settings),
                 "source_key": self.source_key, "model_key": self.model_key, "notes": json.dumps(self.notes)}
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        save_file({"trajectory": self.trajectory.contiguous().cpu(), "sigmas": self.sigmas.contiguous().cpu()},
-                  tmp, metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"trajectory": self.trajectory.contiguous().cpu(), "sigmas": self.sigmas.contiguous().cpu()},
+                      tmp, metadata=meta)
 
     @classmethod
     def load(cls, path):

@@ -24,13 +24,13 @@ it; `write_json` saves it atomically.
 import json
 import math
 import os
-import tempfile
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .inversion import psnr
 from .temporal_loss import cosine_similarity_adjacent
 
@@ -393,13 +393,6 @@ def plot_report(report, width=960, height=720):
 
 def write_json(report, path):
     """Write the report as strict JSON (no NaN/Infinity) to `path` atomically (temp file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".json.part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1, allow_nan=False)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary, open(temporary, "w") as f:
+        json.dump(report, f, indent=1, allow_nan=False)
     return path

@@ -342,7 +342,7 @@ def loss_curve_image(history, width=512, height=320):
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
     for value, yy in ((hi, top), (lo, bottom)):
         cv2.putText(img, f"{10 ** value:.2g}", (4, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"step {int(steps.min())}..{int(steps.max())} (log scale)", (left, height - 10),
+    cv2.putText(img, f"step {int(steps.min())}..{int(steps.max())}, loss on a log scale", (left, height - 10),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 

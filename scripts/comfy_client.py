@@ -7,6 +7,7 @@ input/output/temp folders, waits for `/object_info`, and stops the process by PI
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,7 +46,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def host_options(comfy_dir):
+    """The command-line options a ComfyUI tree declares (read from its comfy/cli_args.py)."""
+    with open(os.path.join(comfy_dir, "comfy", "cli_args.py")) as f:
+        return set(re.findall(r"""add_argument\(\s*["'](--[a-z0-9-]+)["']""", f.read()))
+
+
 class ComfyServer:
+    """A ComfyUI server of `comfy_dir` whose input, output, temp and (where the host has the options) user
+    folder and database live in `workdir`, so that nothing is written into the host's own tree (a user's
+    install with COMFYUI_PATH). The 2024 host has no such options: its user folder stays in its tree."""
+
     def __init__(self, python, comfy_dir, workdir, extra_model_paths=None, port=None):
         self.python, self.comfy_dir, self.workdir = python, comfy_dir, workdir
         self.extra_model_paths = extra_model_paths
@@ -54,15 +65,21 @@ class ComfyServer:
         self.input_dir = os.path.join(workdir, "input")
         self.output_dir = os.path.join(workdir, "output")
         self.temp_dir = os.path.join(workdir, "temp")
+        self.user_dir = os.path.join(workdir, "user")
         self.log_path = os.path.join(workdir, "server.log")
         self.proc = None
 
     def start(self, timeout=120):
-        for d in (self.input_dir, self.output_dir, self.temp_dir):
+        for d in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir):
             os.makedirs(d, exist_ok=True)
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--input-directory", self.input_dir, "--output-directory", self.output_dir,
                "--temp-directory", self.temp_dir, "--disable-auto-launch"]
+        options = host_options(self.comfy_dir)
+        if "--user-directory" in options:
+            cmd += ["--user-directory", self.user_dir]
+        if "--database-url" in options:  # its default is <ComfyUI>/user/comfyui.db whatever the user folder
+            cmd += ["--database-url", "sqlite:///" + os.path.join(self.user_dir, "comfyui.db")]
         if self.extra_model_paths:
             cmd += ["--extra-model-paths-config", self.extra_model_paths]
         self._log = open(self.log_path, "wb")

@@ -475,7 +475,10 @@ def ensure_chromium():
 
 
 def manifest_env(manifest):
-    return dict(os.environ, TA_MANIFEST=os.path.join(CACHE, "hosts", manifest["host_key"], "manifest.json"))
+    env = dict(os.environ, TA_MANIFEST=os.path.join(CACHE, "hosts", manifest["host_key"], "manifest.json"))
+    if manifest["user_host"]:  # the user's own install: no __pycache__ of our venv's Python written into it
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
 
 
 def print_timings(paths):

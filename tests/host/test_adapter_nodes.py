@@ -326,7 +326,7 @@ def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods,
         comfy.model_management.interrupt_current_processing(False)
     stopped = [f for f in os.listdir(adapter_dir) if f.startswith("interrupted-")]
     assert len(stopped) == 1 and Adapter.load(str(adapter_dir / stopped[0])).metadata["loss_history"][-1]["step"] == 3
-    assert not [f for f in os.listdir(adapter_dir) if f.startswith(".partial")]
+    assert not [f for f in os.listdir(adapter_dir) if f.startswith(".")]  # no temporary file left
 
 
 def test_load_adapter_refuses_a_misfit_or_damaged_file_by_name(mods, small, adapter_dir):
