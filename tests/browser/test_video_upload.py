@@ -40,7 +40,11 @@ def test_upload_button_preview_and_saver_preview(page, live_server, clips, tmp_p
     upload = tmp_path / "my clip.mp4"  # a name with a space, as users' files have
     upload.write_bytes(open(clips["carphone_pristine.mp4"], "rb").read())
     page.locator("input[type=file][accept*='video']").last.set_input_files(str(upload))
-    page.wait_for_function(f"() => ({PREVIEW})().ready >= 1", timeout=60000)
+    # The workflow's own clip may already be playing: wait for the uploaded one, not any preview.
+    page.wait_for_function(f"""() => {{
+        const preview = ({PREVIEW})();
+        return preview.value === "my clip.mp4" && preview.src.includes("my+clip.mp4") && preview.ready >= 1;
+    }}""", timeout=60000)
     preview = page.evaluate(PREVIEW)
     assert preview["value"] == "my clip.mp4" and os.path.exists(os.path.join(live_server.input_dir, "my clip.mp4"))
     assert preview["shown"] and "filename=my+clip.mp4" in preview["src"] and "type=input" in preview["src"]
