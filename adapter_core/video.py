@@ -411,6 +411,17 @@ def _picture(image):
     return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
 
 
+def shown_duration_ms(duration_ms):
+    """How long a player shows a frame of an animated image that asks for `duration_ms` (ms).
+
+    Players show a frame of 10 ms or less (0 or unset: tools that write no timing) for 100 ms:
+    WebKit's ImageDecoderCG::frameDurationAtIndex, "following Firefox's behavior"; FFmpeg's GIF
+    demuxer (which reads our GIFs) does the same below 2 centiseconds. Pillow's own timestamps would
+    put every such frame at 0 s, so a force_rate of them repeated the last frame.
+    """
+    return duration_ms if duration_ms and duration_ms > 10 else 100
+
+
 class _PillowSource:
     """Animated or still webp, a still image, or a folder of numbered images (one frame each).
 
@@ -430,10 +441,11 @@ class _PillowSource:
             # one file: its own frames and durations; a folder: one frame a file
             self.timed = len(self.files) == 1 and getattr(first, "n_frames", 1) > 1
             count = first.n_frames if self.timed else len(self.files)
-            total_ms = 0
+            self.starts_ms = [0]  # when each frame of an animated file appears
             for frame in ImageSequence.Iterator(first) if self.timed else ():
                 frame.load()
-                total_ms += frame.info.get("duration", 0)
+                self.starts_ms.append(self.starts_ms[-1] + shown_duration_ms(frame.info.get("duration", 0)))
+            total_ms = self.starts_ms[-1]
             stored = float(first.info.get("fps", 0)) if not self.timed else 0
             kind = first.format.lower() if len(self.files) == 1 else "image sequence"
         fps = count * 1000.0 / total_ms if total_ms else force_rate or stored or SEQUENCE_FPS
@@ -497,8 +509,7 @@ class _PillowSource:
                         picture = _picture(frame)
                     except (OSError, SyntaxError) as e:
                         raise self._unreadable(name, e) from None
-                    stamp = frame.info.get("timestamp") if self.timed else None
-                    t = stamp / 1000.0 if stamp is not None else self.decoded / self.info.fps
+                    t = self.starts_ms[self.decoded] / 1000.0 if self.timed else self.decoded / self.info.fps
                     self.decoded += 1
                     yield t, picture
         self.finished = True

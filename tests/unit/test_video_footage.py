@@ -347,6 +347,21 @@ def test_frames_with_their_own_durations_resample_like_a_fixed_rate_resampler(tm
     assert video.load(path).info.duration == pytest.approx(0.48)
 
 
+@pytest.mark.parametrize("ext", ["gif", "webp"])
+def test_frames_without_a_duration_last_100_ms_as_players_show_them(tmp_path, ext):
+    """Animations saved with no frame timing (duration 0) play at 10 frames a second in a browser."""
+    pictures = [Image.fromarray(np.full((24, 32, 3), 30 * i + 10, np.uint8)) for i in range(6)]
+    path = str(tmp_path / f"untimed.{ext}")
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=0, loop=0,
+                     **({"lossless": True} if ext == "webp" else {}))
+    frames = video.load(path)
+    ticked = video.load(path, video.LoadOptions(force_rate=25)).images
+    assert len(frames.images) == 6 and len(ticked) == 15  # 0.6 s at 25 fps
+    for k in range(15):
+        i = math.floor(k * 0.04 / 0.1 + 1e-9)
+        assert torch.equal(ticked[k], frames.images[i]), f"tick {k} should show frame {i}"
+
+
 def test_variable_rate_mp4_resamples_by_timestamps(tmp_path):
     path = str(tmp_path / "vfr.mp4")
     starts_ms = np.cumsum([0] + DURATIONS_MS[:-1])
