@@ -23,13 +23,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_client import ComfyServer, WIDGET_TYPES, load_manifest  # noqa: E402
+from comfy_client import ComfyServer, WIDGET_TYPES, front_end_page, load_manifest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = os.path.join(REPO, "scripts", "workflow_node_sizes.json")
 CKPT = "v1-5-pruned-emaonly.safetensors"  # what users have; tests substitute generated weights
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 
 SOURCE = "a man talking on a phone in a car"
@@ -337,13 +335,18 @@ def build(name, workflow, object_info, sizes):
 
 
 # Reads the size the front end computes for every node once the workflow is loaded (what it needs
-# for its widgets, previews and curves: smaller saved sizes are enlarged to it on load).
+# for its widgets, previews and curves: smaller saved sizes are enlarged to it on load), widened to
+# show the whole title (the 0.8.0 front end cuts a title at the node's width less two title heights).
 MEASURE_JS = """async (workflow) => {
     await window.app.loadGraphData(workflow);
     await new Promise((resolve) => setTimeout(resolve, 1500));
+    const context = document.createElement("canvas").getContext("2d");
     const out = {};
     for (const node of window.app.graph._nodes) {
-        out[node.id] = Array.from(node.computeSize()).map(Math.ceil);
+        context.font = node.titleFontStyle ?? `${LiteGraph.NODE_TEXT_SIZE}px ${LiteGraph.NODE_FONT ?? "Arial"}`;
+        const title = context.measureText(node.getTitle()).width + 2 * LiteGraph.NODE_TITLE_HEIGHT;
+        const [width, height] = node.computeSize();
+        out[node.id] = [Math.ceil(Math.max(width, title)), Math.ceil(height)];
     }
     return out;
 }"""
@@ -351,20 +354,11 @@ MEASURE_JS = """async (workflow) => {
 
 def measure(server, workflows):
     """{workflow name: {node id: [w, h]}} as the live host's front end sizes the nodes."""
-    from playwright.sync_api import sync_playwright
     clips = load_manifest()["clips"]
     for path in clips.values():  # the loader shows a preview of its file when the file is there
         shutil.copy(path, server.input_dir)
-    found = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60000)
-        for name, workflow in workflows.items():
-            found[name] = page.evaluate(MEASURE_JS, workflow)
-        browser.close()
-    return found
+    with front_end_page(server.url) as page:
+        return {name: page.evaluate(MEASURE_JS, workflow) for name, workflow in workflows.items()}
 
 
 def main():

@@ -5,9 +5,11 @@ input/output/temp folders, waits for `/object_info`, and stops the process by PI
 `ComfyServer.run(graph)` posts an API-format graph and waits for its history entry.
 `ui_to_api(workflow, object_info)` turns a UI-format (drag-and-drop) workflow into an API graph.
 """
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +182,28 @@ class ComfyServer:
 
 
 # Input types the front end shows as widgets (everything else is a socket).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def front_end_page(url, width=1600, height=1000):
+    """A page of headless Chromium (the `chromium` on PATH, driven by Playwright) showing the front
+    end at `url` once its app has loaded; `page.errors` collects the page's uncaught errors."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.errors = []
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60000)
+            yield page
+        finally:
+            browser.close()
+
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 

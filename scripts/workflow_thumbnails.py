@@ -8,46 +8,38 @@ canvas is captured.
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_client import ComfyServer, load_manifest  # noqa: E402
+from comfy_client import ComfyServer, front_end_page, load_manifest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-# Newer front ends draw a minimap over the canvas and draw zoomed-out nodes as blank boxes: hide the
-# one and turn off the other for the pictures (settings the 2024 front end lacks are skipped).
-HIDE_CHROME = """async () => {
-    const settings = {"Comfy.Minimap.Visible": false, "LiteGraph.Canvas.MinFontSizeForLOD": 0};
-    for (const [id, value] of Object.entries(settings)) {
-        try { await window.app.extensionManager.setting.set(id, value); } catch (e) {}
-    }
-}"""
+# Settings of the pictures' user folder (the 0.8.0 front end's; the 2024 one has none of them and keeps
+# its user folder in its own tree): no minimap drawn over the canvas, zoomed-out nodes drawn in full
+# rather than as blank boxes, and no template browser opened over the canvas as for a new user.
+SETTINGS = {"Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.TutorialCompleted": True}
 
 
 def main():
-    from playwright.sync_api import sync_playwright
     manifest = load_manifest()
     folder = os.path.join(REPO, "example_workflows")
     names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
     with tempfile.TemporaryDirectory() as work:
         server = ComfyServer(manifest["python"], manifest["comfyui"], work,
-                             extra_model_paths=manifest["extra_model_paths"]).start()
-        chromium = shutil.which("chromium")
+                             extra_model_paths=manifest["extra_model_paths"])
+        os.makedirs(os.path.join(server.user_dir, "default"))
+        with open(os.path.join(server.user_dir, "default", "comfy.settings.json"), "w") as f:
+            json.dump(SETTINGS, f)
+        server.start()
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                page.goto(server.url)
-                page.wait_for_function("() => window.app && window.app.graph", timeout=60000)
-                page.evaluate(HIDE_CHROME)
+            with front_end_page(server.url) as page:
+                page.wait_for_timeout(2000)
+                assert not page.locator(".p-dialog").count(), "a dialog covers the canvas"
                 for name in names:
                     with open(os.path.join(folder, name)) as f:
                         page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.load(f))
@@ -56,7 +48,6 @@ def main():
                     shot.convert("RGB").resize((800, 500), Image.LANCZOS).save(
                         os.path.join(folder, name[:-5] + ".jpg"), quality=85)
                     print("wrote", os.path.join("example_workflows", name[:-5] + ".jpg"))
-                browser.close()
         finally:
             server.stop()
 

@@ -7,27 +7,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
 @pytest.fixture(scope="module")
 def page(live_server):
     reason = os.environ.get("TA_BROWSER_UNAVAILABLE")
-    chromium = shutil.which("chromium")
-    if reason or not chromium:
+    if reason or not shutil.which("chromium"):
         pytest.skip(f"browser tier skipped: {reason or 'chromium is not installed'}")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(live_server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60000)
-        page.errors = errors
+    from comfy_client import front_end_page
+    with front_end_page(live_server.url, 1280, 800) as page:
         yield page
-        browser.close()
 
 
 def load_example(page, live_server, clip, name, settings):
@@ -79,9 +66,14 @@ BOXES_JS = """async (wf) => {
     await window.app.loadGraphData(wf);
     await new Promise((resolve) => setTimeout(resolve, 1500));  // previews load, nodes resize
     const graph = window.app.graph;
+    const context = document.createElement("canvas").getContext("2d");
     const box = (node) => {
         const b = node.getBounding ? Array.from(node.getBounding()) : [node.pos[0], node.pos[1] - 30, node.size[0], node.size[1] + 30];
-        return {id: node.id, type: node.type, box: b};
+        // the title as drawn: the 0.8.0 front end cuts it to the width less two title heights
+        context.font = node.titleFontStyle ?? `${LiteGraph.NODE_TEXT_SIZE}px ${LiteGraph.NODE_FONT ?? "Arial"}`;
+        const room = node.size[0] - 2 * LiteGraph.NODE_TITLE_HEIGHT;
+        const needs = Math.ceil(context.measureText(node.getTitle()).width);
+        return {id: node.id, type: node.type, box: b, title: `${node.getTitle()} (${needs} px of ${room})`, titleFits: needs <= room};
     };
     const groups = (graph._groups || graph.groups || []).map((g) => ({title: g.title, box: Array.from(g._bounding || g.bounding)}));
     return {nodes: graph._nodes.map(box), groups};
@@ -109,6 +101,8 @@ def test_example_workflow_is_laid_out_without_overlaps(page, live_server, clips,
     nodes, groups = drawn["nodes"], drawn["groups"]
     clashes = [(a["type"], b["type"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a["box"], b["box"])]
     assert not clashes, f"{name}: overlapping nodes {clashes}"
+    cut = [n["title"] for n in nodes if not n["titleFits"]]
+    assert not cut, f"{name}: titles cut short by their node's width: {cut}"
     assert groups and all(g["title"] for g in groups)
     group_clashes = [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
                      if _overlap(a["box"], b["box"])]
