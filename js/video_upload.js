@@ -24,6 +24,13 @@ function addPreview(node) {
 	const image = document.createElement("img");
 	for (const el of [video, image]) {
 		Object.assign(el.style, { width: "100%", height: "100%", objectFit: "contain", display: "none" });
+		// a file that is not in the input folder (a shared workflow's clip): no empty preview box
+		el.addEventListener("error", () => {
+			if (!el.getAttribute("src")) return;
+			el.style.display = "none";
+			delete box.dataset.shown;
+			node.graph?.setDirtyCanvas(true, true);
+		});
 		box.append(el);
 	}
 	node.addDOMWidget("video_preview", "preview", box, {

@@ -50,6 +50,17 @@ def test_upload_button_preview_and_saver_preview(page, live_server, clips, tmp_p
     assert preview["shown"] and "filename=my+clip.mp4" in preview["src"] and "type=input" in preview["src"]
     assert preview["height"] == 144 and preview["width"] > 0  # the uploaded clip plays in the node
 
+    # a choice whose file is not in the input folder (a shared workflow's clip) shows no preview
+    missing = page.evaluate(f"""async () => {{
+        const node = {LOADER};
+        node.widgets.find((w) => w.name === "video").callback("not_in_the_input_folder.mp4");
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        return ({PREVIEW})();
+    }}""")
+    assert not missing["shown"] and missing["ready"] == 0, missing
+    page.evaluate(f"() => {LOADER}.widgets.find((w) => w.name === 'video').callback('my clip.mp4')")
+    page.wait_for_function(f"() => ({PREVIEW})().ready >= 1", timeout=60000)
+
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     live_server.wait_idle(timeout=300)
     page.wait_for_function(f"""() => {{
