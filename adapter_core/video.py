@@ -21,6 +21,7 @@ import importlib
 import math
 import os
 import re
+import struct
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import NamedTuple
@@ -29,7 +30,7 @@ import av
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_path
@@ -392,16 +393,27 @@ class _ImageHeader:
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def _png_exif_follows_pixels(path):
+    """Whether a PNG file has an eXIf chunk after its image data (PNG 1.5 allows it there; Pillow
+    reads such a chunk only once it has decoded the whole image). Reads the chunk headers only."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the PNG signature
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"eXIf", b"IEND"):
+                return kind == b"eXIf"
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return False
+
+
 def _has_alpha(image):
     return "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
 
 
 def _picture(image):
-    """A Pillow image as an upright [H, W, 3 or 4] uint8/uint16 array, as ComfyUI's Load Image
-    reads it: EXIF orientation applied (ImageOps.exif_transpose), palette and CMYK converted to RGB,
-    the alpha of RGBA/LA/palette transparency kept; 16-bit grey keeps its 16 bits, float (F) is
-    taken as 0..1."""
-    image = ImageOps.exif_transpose(image)
+    """A Pillow image as a stored (not yet turned upright) [H, W, 3 or 4] uint8/uint16 array, as
+    ComfyUI's Load Image reads it: palette and CMYK converted to RGB, the alpha of RGBA/LA/palette
+    transparency kept; 16-bit grey keeps its 16 bits, float (F) is taken as 0..1."""
     if image.mode in _SIXTEEN_BIT_GREY or image.mode == "F":
         grey = np.asarray(image)
         if image.mode == "F":
@@ -479,8 +491,11 @@ class _PillowSource:
 
     def _header(self, name):
         with self._open(name) as image:
-            # A PNG's EXIF may follow the pixels: Pillow would decode the image to look for it.
-            exif = image.getexif() if image.format != "PNG" or "exif" in image.info else {}
+            # Pillow decodes a whole PNG to look for EXIF after the pixels: only when there is some.
+            if image.format == "PNG" and "exif" not in image.info and not _png_exif_follows_pixels(name):
+                exif = {}
+            else:
+                exif = image.getexif()
             orientation = Orientation.from_exif(exif.get(0x0112))
             width, height = orientation.size(*image.size)
             deep = image.mode in _SIXTEEN_BIT_GREY or image.mode == "F"
@@ -502,11 +517,13 @@ class _PillowSource:
         return max(self.headers, key=lambda h: h.width * h.height)
 
     def frames(self):
-        for name in self.files:
+        """(time in s, upright picture), turned by the orientation its header gave (so the sizes
+        checked and reserved on opening are the sizes that come out)."""
+        for name, header in zip(self.files, self.headers):
             with self._open(name) as image:
                 for frame in ImageSequence.Iterator(image):
                     try:
-                        picture = _picture(frame)
+                        picture = header.orientation.apply(_picture(frame))
                     except (OSError, SyntaxError) as e:
                         raise self._unreadable(name, e) from None
                     t = self.starts_ms[self.decoded] / 1000.0 if self.timed else self.decoded / self.info.fps

@@ -163,6 +163,37 @@ def test_every_exif_orientation_loads_as_comfyuis_load_image_shows_it(tmp_path, 
                                               video.Orientation.from_exif(tag).mirrored)
 
 
+def move_png_exif_after_pixels(path):
+    """Rewrite a PNG with its eXIf chunk just before IEND, after the image data (PNG 1.5 allows it)."""
+    data = open(path, "rb").read()
+    chunks, at = [], 8
+    while at < len(data):
+        length = struct.unpack(">I", data[at:at + 4])[0]
+        chunks.append(data[at:at + 12 + length])
+        at += 12 + length
+    exif = [c for c in chunks if c[4:8] == b"eXIf"]
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    assert len(exif) == 1 and rest[-1][4:8] == b"IEND"
+    open(path, "wb").write(data[:8] + b"".join(rest[:-1] + exif + rest[-1:]))
+
+
+@pytest.mark.parametrize("tag", [6, 8])
+def test_png_exif_after_the_pixels_turns_the_image_and_its_size(tmp_path, tag):
+    """The header pass must see EXIF that follows the image data, as Load Image does: it once saw
+    64x48 upright while each frame was turned, and the turned frames were cropped back to 64x48."""
+    folder = tmp_path / "late_exif"
+    folder.mkdir()
+    for i in range(2):
+        move_png_exif_after_pixels(exif_image(str(folder / f"f{i}.png"), tag, size=(64, 48)))
+    with Image.open(folder / "f0.png") as image:
+        assert "exif" not in image.info  # Pillow has not seen it before decoding
+        expected = np.array(ImageOps.exif_transpose(image).convert("RGB"))  # Load Image's way
+    images, _, info, _ = video.load(str(folder))
+    assert expected.shape == (64, 48, 3) and images.shape == (2, 64, 48, 3)
+    assert (info.width, info.height, info.rotation) == (48, 64, video.Orientation.from_exif(tag).rotation)
+    assert torch.equal(images[0], torch.from_numpy(expected).float() / 255)
+
+
 def test_exif_rotated_case_loads_as_load_image_shows_it(case):
     folder = case("video/exif_rotated_seq")
     images, _, info, _ = video.load(folder)
