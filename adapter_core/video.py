@@ -261,6 +261,17 @@ def _truncated(name, detail):
                       f"{detail}. Download or export it again")
 
 
+def shown_duration_ms(duration_ms):
+    """How long a player shows a frame of an animated image that asks for `duration_ms` (ms).
+
+    Players show a frame of 10 ms or less (0 or unset: tools that write no timing) for 100 ms:
+    WebKit's ImageDecoderCG::frameDurationAtIndex, "following Firefox's behavior". Applied to
+    animated webp, PNG and GIF; FFmpeg's GIF demuxer turns only a 0 delay into 100 ms and keeps 10 ms,
+    Pillow's timestamps put 0 ms frames all at 0 s (a force_rate of them repeated the last frame).
+    """
+    return duration_ms if duration_ms and duration_ms > 10 else 100
+
+
 class _ContainerSource:
     """The first video stream of any container FFmpeg demuxes, decoded with frame threads.
 
@@ -284,13 +295,20 @@ class _ContainerSource:
             elif self.container.duration:
                 duration = self.container.duration / av.time_base
             self.exact = bool(count)
-            self.end_time = None
-            if not count and not duration:  # a live recording: no index and no duration
-                count, self.end_time = self._count_packets(stream)
+            self.end_time = self.shown_starts = None
+            gif = stream.codec_context.name == "gif"
+            if gif or (not count and not duration):  # a live recording has no index and no duration
+                times = self._packet_times(stream)
                 self.container.close()
                 self.container = self._open()
                 stream = self.container.streams.video[0]
-                self.exact = True
+                self.exact, count = True, len(times)
+                if gif and times:  # shown as players show them: see shown_duration_ms
+                    ends = np.cumsum([shown_duration_ms(round(d * 1000)) / 1000 for _, d in times])
+                    self.shown_starts = [times[0][0]] + list(times[0][0] + ends[:-1])
+                    self.end_time = times[0][0] + float(ends[-1])
+                elif times:
+                    self.end_time = max(t + d for t, d in times)
             count = count or round(duration * fps)
             self.decoded = 0
             self._decoder = self._decode(stream)
@@ -312,6 +330,8 @@ class _ContainerSource:
             if self.end_time is None and stream.duration:
                 self.end_time = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
             duration = (self.end_time - start) if self.end_time is not None else duration
+            if self.shown_starts is not None:
+                fps = count / duration  # the mean rate of the shown timing, as for animated webp
             fps = fps or (count / duration if duration else SEQUENCE_FPS)
             if not duration > 0:
                 duration = count / fps
@@ -336,18 +356,18 @@ class _ContainerSource:
         except av.error.FFmpegError as e:
             raise _describe_failure(self.path, e) from None
 
-    def _count_packets(self, stream):
-        """Frames and end time (s) of a stream whose container says neither: its packets, read
-        without decoding."""
-        count, end = 0, 0.0
+    def _packet_times(self, stream):
+        """(start, duration) in s of each packet of the stream, read without decoding (for a
+        stream whose container gives no length, and for GIF timing)."""
+        times = []
         try:
             for packet in self.container.demux(stream):
                 if packet.size and packet.pts is not None:
-                    count += 1
-                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                    times.append((float(packet.pts * packet.time_base),
+                                  float((packet.duration or 0) * packet.time_base)))
         except av.error.FFmpegError:
             pass  # a cut-off tail: count what was read; decoding says the rest
-        return count, end or None
+        return times
 
     def _decode(self, stream):
         codec = stream.codec_context.name
@@ -368,7 +388,10 @@ class _ContainerSource:
         """(time in s, upright [H, W, C] uint8 or uint16 picture) for every frame."""
         frame = self._first
         while frame is not None:
-            t = frame.time if frame.time is not None else self.decoded / self.info.fps
+            if self.shown_starts is not None and self.decoded < len(self.shown_starts):
+                t = self.shown_starts[self.decoded]
+            else:
+                t = frame.time if frame.time is not None else self.decoded / self.info.fps
             array = frame.to_ndarray(format=self.format, src_color_range=frame.color_range)
             self.decoded += 1
             yield t, self.orientation.apply(array)
@@ -421,17 +444,6 @@ def _picture(image):
         grey = np.clip(grey, 0, 65535).astype(np.uint16)
         return np.broadcast_to(grey[..., None], grey.shape + (3,))
     return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
-
-
-def shown_duration_ms(duration_ms):
-    """How long a player shows a frame of an animated image that asks for `duration_ms` (ms).
-
-    Players show a frame of 10 ms or less (0 or unset: tools that write no timing) for 100 ms:
-    WebKit's ImageDecoderCG::frameDurationAtIndex, "following Firefox's behavior"; FFmpeg's GIF
-    demuxer (which reads our GIFs) does the same below 2 centiseconds. Pillow's own timestamps would
-    put every such frame at 0 s, so a force_rate of them repeated the last frame.
-    """
-    return duration_ms if duration_ms and duration_ms > 10 else 100
 
 
 class _PillowSource:

@@ -341,7 +341,8 @@ def test_live_recording_without_length_is_refused_before_decoding(case):
 def test_a_clip_longer_than_its_container_said_stops_at_the_memory_limit(case, monkeypatch):
     # A container that under-reports its length (here: the packet count made to say 5 of 60):
     # the check while decoding stops at what memory allows, with the same message.
-    monkeypatch.setattr(video._ContainerSource, "_count_packets", lambda self, stream: (5, None))
+    monkeypatch.setattr(video._ContainerSource, "_packet_times",
+                        lambda self, stream: [(i / 25, 1 / 25) for i in range(5)])
     path = case("video/live_noduration.webm")
     calls = []
     with pytest.raises(video.VideoError, match=r"live_noduration\.webm: loading 11 frames \(at least: the "
@@ -379,15 +380,16 @@ def test_frames_with_their_own_durations_resample_like_a_fixed_rate_resampler(tm
 
 
 @pytest.mark.parametrize("ext", ["gif", "webp"])
-def test_frames_without_a_duration_last_100_ms_as_players_show_them(tmp_path, ext):
-    """Animations saved with no frame timing (duration 0) play at 10 frames a second in a browser."""
+def test_frames_of_10_ms_or_less_last_100_ms_as_players_show_them(tmp_path, ext):
+    """Animation frames of 0 ms (no timing written) or 10 ms play for 100 ms in a browser."""
     pictures = [Image.fromarray(np.full((24, 32, 3), 30 * i + 10, np.uint8)) for i in range(6)]
     path = str(tmp_path / f"untimed.{ext}")
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=0, loop=0,
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[0, 10, 0, 10, 0, 10], loop=0,
                      **({"lossless": True} if ext == "webp" else {}))
     frames = video.load(path)
     ticked = video.load(path, video.LoadOptions(force_rate=25)).images
     assert len(frames.images) == 6 and len(ticked) == 15  # 0.6 s at 25 fps
+    assert frames.fps == pytest.approx(10) and frames.info.duration == pytest.approx(0.6)
     for k in range(15):
         i = math.floor(k * 0.04 / 0.1 + 1e-9)
         assert torch.equal(ticked[k], frames.images[i]), f"tick {k} should show frame {i}"
