@@ -404,13 +404,15 @@ class _ContainerSource:
 
 @dataclass(frozen=True)
 class _ImageHeader:
-    """What an image file's header says: upright size, transparency, bit depth, orientation."""
+    """What an image file's header says: upright size, transparency, bit depth, orientation and
+    how many frames it holds (animated webp/PNG, multi-page TIFF)."""
     name: str
     width: int
     height: int
     alpha: bool
     bit_depth: int
     orientation: Orientation
+    frames: int = 1
 
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -460,11 +462,16 @@ class _PillowSource:
             raise VideoError(f"{os.path.basename(path)}: the folder holds no images "
                              f"({', '.join(IMAGE_EXTENSIONS)}); put numbered frames in it")
         self.headers = [self._header(name) for name in self.files]
+        animated = next((h for h in self.headers if h.frames > 1), None)
+        if len(self.files) > 1 and animated:
+            raise VideoError(f"{os.path.basename(path)}: {animated.name} holds {animated.frames} frames, but a "
+                             "folder is read as one frame per image. Load that file on its own, or save "
+                             "its frames as separate images")
         first = self._open(self.files[0])
         with first:
             # one file: its own frames and durations; a folder: one frame a file
-            self.timed = len(self.files) == 1 and getattr(first, "n_frames", 1) > 1
-            count = first.n_frames if self.timed else len(self.files)
+            self.timed = len(self.files) == 1 and self.headers[0].frames > 1
+            count = self.headers[0].frames if self.timed else len(self.files)
             self.starts_ms = [0]  # when each frame of an animated file appears
             for frame in ImageSequence.Iterator(first) if self.timed else ():
                 frame.load()
@@ -511,8 +518,10 @@ class _PillowSource:
             orientation = Orientation.from_exif(exif.get(0x0112))
             width, height = orientation.size(*image.size)
             deep = image.mode in _SIXTEEN_BIT_GREY or image.mode == "F"
+            # an MPO (a camera JPEG with a second picture: depth map, preview) is one photo, as Load Image reads it
+            frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
             return _ImageHeader(os.path.basename(name), width, height, _has_alpha(image),
-                                16 if deep else 8, orientation)
+                                16 if deep else 8, orientation, frames)
 
     def check_sizes(self):
         """Refuse a folder whose images differ in (upright) size, naming the first odd one."""
@@ -533,7 +542,7 @@ class _PillowSource:
         checked and reserved on opening are the sizes that come out)."""
         for name, header in zip(self.files, self.headers):
             with self._open(name) as image:
-                for frame in ImageSequence.Iterator(image):
+                for frame in ImageSequence.Iterator(image) if self.timed else [image]:
                     try:
                         picture = header.orientation.apply(_picture(frame))
                     except (OSError, SyntaxError) as e:

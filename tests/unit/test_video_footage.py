@@ -418,6 +418,33 @@ def test_variable_rate_mp4_resamples_by_timestamps(tmp_path):
 
 # ---- sizes --------------------------------------------------------------------------------------
 
+def test_an_animated_image_in_a_folder_is_refused_naming_it(tmp_path):
+    """A folder is one frame per image: an animated file among them is named, not half-counted."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pictures = [Image.fromarray(pattern(24, 32, seed)) for seed in (0, 40, 80)]
+    pictures[0].save(folder / "f1.png")
+    pictures[0].save(folder / "f2.webp", save_all=True, append_images=pictures[1:], duration=40, lossless=True)
+    with pytest.raises(video.VideoError, match=r"frames: f2\.webp holds 3 frames, but a folder is read as "
+                                               r"one frame per image"):
+        video.load(str(folder))
+
+
+def test_a_camera_mpo_jpeg_is_one_photo_as_load_image_reads_it(tmp_path):
+    """Phones and cameras write JPEGs holding a second, smaller picture (MPO): one frame a file."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for i in range(2):
+        photo = Image.fromarray(pattern(48, 64, 40 * i))
+        photo.save(folder / f"IMG_{i}.jpg", "MPO", save_all=True, append_images=[photo.resize((32, 24))])
+    with Image.open(folder / "IMG_0.jpg") as image:
+        assert image.format == "MPO" and image.n_frames == 2
+        expected = np.array(image.convert("RGB"))
+    images, _, info, _ = video.load(str(folder))
+    assert images.shape == (2, 48, 64, 3) and info.frame_count == 2
+    assert torch.equal(images[0], torch.from_numpy(expected).float() / 255)
+
+
 def test_mixed_sizes_case_is_refused_naming_the_odd_image(case):
     folder = case("video/mixed_sizes_seq")
     with pytest.raises(video.VideoError, match=r"mixed_sizes_seq: the images differ in size: f1\.png is 64x48 "
