@@ -30,7 +30,7 @@ import av
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_path
@@ -436,9 +436,11 @@ def _has_alpha(image):
 
 
 def _picture(image):
-    """A Pillow image as a stored (not yet turned upright) [H, W, 3 or 4] uint8/uint16 array, as
-    ComfyUI's Load Image reads it: palette and CMYK converted to RGB, the alpha of RGBA/LA/palette
+    """A Pillow image as an upright [H, W, 3 or 4] uint8/uint16 array, as ComfyUI's Load Image
+    reads it: EXIF orientation applied (ImageOps.exif_transpose, which knows the TIFFs that Pillow
+    turns itself while decoding), palette and CMYK converted to RGB, the alpha of RGBA/LA/palette
     transparency kept; 16-bit grey keeps its 16 bits, float (F) is taken as 0..1."""
+    image = ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT_GREY or image.mode == "F":
         grey = np.asarray(image)
         if image.mode == "F":
@@ -516,7 +518,12 @@ class _PillowSource:
             else:
                 exif = image.getexif()
             orientation = Orientation.from_exif(exif.get(0x0112))
-            width, height = orientation.size(*image.size)
+            if image.format == "TIFF" and orientation != Orientation():
+                # Pillow turns some TIFFs while decoding them (which and when differ between its
+                # versions): the upright size is what Load Image's exif_transpose gives
+                width, height = ImageOps.exif_transpose(image).size
+            else:
+                width, height = orientation.size(*image.size)
             deep = image.mode in _SIXTEEN_BIT_GREY or image.mode == "F"
             # an MPO (a camera JPEG with a second picture: depth map, preview) is one photo, as Load Image reads it
             frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
@@ -538,15 +545,20 @@ class _PillowSource:
         return max(self.headers, key=lambda h: h.width * h.height)
 
     def frames(self):
-        """(time in s, upright picture), turned by the orientation its header gave (so the sizes
-        checked and reserved on opening are the sizes that come out)."""
+        """(time in s, upright picture). A picture whose size is not the one its header gave (the
+        size checked and reserved on opening) is refused, never fitted."""
         for name, header in zip(self.files, self.headers):
             with self._open(name) as image:
                 for frame in ImageSequence.Iterator(image) if self.timed else [image]:
                     try:
-                        picture = header.orientation.apply(_picture(frame))
+                        picture = _picture(frame)
                     except (OSError, SyntaxError) as e:
                         raise self._unreadable(name, e) from None
+                    if picture.shape[:2] != (header.height, header.width):
+                        raise VideoError(
+                            f"{header.name}: decoded at {picture.shape[1]}x{picture.shape[0]} but its header "
+                            f"says {header.width}x{header.height} (after EXIF orientation). Save it again "
+                            "(e.g. as PNG) and load that")
                     t = self.starts_ms[self.decoded] / 1000.0 if self.timed else self.decoded / self.info.fps
                     self.decoded += 1
                     yield t, picture

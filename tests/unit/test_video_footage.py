@@ -194,6 +194,37 @@ def test_png_exif_after_the_pixels_turns_the_image_and_its_size(tmp_path, tag):
     assert torch.equal(images[0], torch.from_numpy(expected).float() / 255)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "L", "RGB"])
+@pytest.mark.parametrize("compression", ["tiff_lzw", "raw"])
+def test_oriented_tiff_loads_as_load_image_shows_it(tmp_path, mode, compression):
+    """Pillow turns some TIFFs itself while decoding (which, and the size it reports before, differ
+    between Pillow 10 and 13): turning them again by the EXIF tag gave a wrong picture."""
+    stored = pattern(48, 64)
+    image = Image.fromarray(stored) if mode == "RGB" else \
+        Image.fromarray(stored[..., 0].astype(np.uint16) * 257 if mode == "I;16" else stored[..., 0])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "scan.tif")
+    image.save(path, exif=exif, compression=compression)
+    with Image.open(path) as opened:
+        expected = ImageOps.exif_transpose(opened)  # Load Image's way
+        expected = np.asarray(expected.convert("RGB")) / 255.0 if mode != "I;16" else \
+            np.repeat(np.asarray(expected, np.float64)[..., None] / 65535, 3, -1)
+    images, _, info, _ = video.load(path)
+    assert images.shape == (1,) + expected.shape and info.rotation == 90
+    assert torch.allclose(images[0].double(), torch.from_numpy(expected), atol=1e-6)
+    if compression == "tiff_lzw":  # the picture a viewer shows: stored turned 90 degrees clockwise
+        upright = np.rot90(stored if mode == "RGB" else stored[..., :1].repeat(3, -1), -1) / 255.0
+        assert torch.allclose(images[0].double(), torch.from_numpy(upright.copy()), atol=1e-6)
+
+
+def test_a_picture_decoded_at_another_size_than_its_header_is_refused(tmp_path, monkeypatch):
+    path = exif_image(str(tmp_path / "photo.png"), 6)
+    monkeypatch.setattr(video, "_picture", lambda image: np.zeros((24, 40, 3), np.uint8))  # not turned
+    with pytest.raises(video.VideoError, match=r"photo\.png: decoded at 40x24 but its header says 24x40"):
+        video.load(path)
+
+
 def test_exif_rotated_case_loads_as_load_image_shows_it(case):
     folder = case("video/exif_rotated_seq")
     images, _, info, _ = video.load(folder)
