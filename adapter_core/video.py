@@ -297,7 +297,8 @@ class _ContainerSource:
             self.exact = bool(count)
             self.end_time = self.shown_starts = None
             gif = stream.codec_context.name == "gif"
-            if gif or (not count and not duration):  # a live recording has no index and no duration
+            # a GIF: its frame delays, timed below; a live recording: no index and no duration
+            if gif or (not count and not duration):
                 times = self._packet_times(stream)
                 self.container.close()
                 self.container = self._open()

@@ -181,7 +181,6 @@ class ComfyServer:
         return self.wait(self.submit(graph), timeout)
 
 
-# Input types the front end shows as widgets (everything else is a socket).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -204,6 +203,7 @@ def front_end_page(url, width=1600, height=1000):
             browser.close()
 
 
+# Input types the front end shows as widgets (everything else is a socket).
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 

@@ -4,15 +4,17 @@ import os
 import shutil
 
 import pytest
+from comfy_client import front_end_page
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
+
+
 @pytest.fixture(scope="module")
 def page(live_server):
     reason = os.environ.get("TA_BROWSER_UNAVAILABLE")
     if reason or not shutil.which("chromium"):
         pytest.skip(f"browser tier skipped: {reason or 'chromium is not installed'}")
-    from comfy_client import front_end_page
     with front_end_page(live_server.url, 1280, 800) as page:
         yield page
 

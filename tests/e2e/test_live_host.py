@@ -1,5 +1,10 @@
-"""The live server loads the plugin: every node id is listed, and the JS folder is served."""
+"""The live server loads the plugin: every node id is listed, and the JS folder is served; it keeps its user
+data outside the host's tree."""
+import os
 import urllib.request
+
+import pytest
+from comfy_client import host_options
 
 
 def test_object_info_lists_every_plugin_node(live_server, comfy_host):
@@ -23,10 +28,6 @@ def test_front_end_extension_files_are_served(live_server):
 def test_the_server_writes_its_user_data_outside_the_host_tree(live_server, provisioned):
     """With COMFYUI_PATH the host is the user's own install: the test servers keep their settings and database
     in their work folder (the host's --user-directory and --database-url), never in the install's user/."""
-    import os
-
-    import pytest
-    from comfy_client import host_options
     if "--user-directory" not in host_options(provisioned["comfyui"]):
         pytest.skip("this host has no --user-directory option (the 2024 host): its user folder is in its tree")
     tree_user = os.path.join(provisioned["comfyui"], "user")
