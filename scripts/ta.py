@@ -395,6 +395,43 @@ def host_label(kind, comfy_dir):
     return f"ComfyUI at {comfy_dir}"
 
 
+def front_end():
+    """The front end that $TA_FRONT_END names, ready for `--front-end-root` (the browser tier's live server
+    passes it, comfy_client.front_end_root): a version of comfyui-frontend-package (e.g. 1.58.1), whose wheel
+    is downloaded into downloads/ (no dependencies) and its `static` folder unpacked once into
+    frontends/<version>/; or a folder holding a built front end's index.html, used as it is. Returns that
+    folder, or None when unset (the host's own front end)."""
+    value = os.environ.get("TA_FRONT_END")
+    if not value:
+        return None
+    if os.path.isdir(value) or os.sep in value:
+        if not os.path.isfile(os.path.join(value, "index.html")):
+            raise SystemExit(f"TA_FRONT_END={value}: no index.html there (name a built front end's folder, "
+                             "or a comfyui-frontend-package version such as 1.58.1)")
+        return os.path.abspath(value)
+    if not re.fullmatch(r"\d+\.\d+\.\d+", value):
+        raise SystemExit(f"TA_FRONT_END={value}: neither a folder nor a front-end version such as 1.58.1")
+    dest = os.path.join(CACHE, "frontends", value)
+    if os.path.isfile(os.path.join(dest, "index.html")):
+        return dest
+    wheel = os.path.join(DOWNLOADS, f"comfyui_frontend_package-{value}-py3-none-any.whl")
+    if not os.path.exists(wheel):
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", DOWNLOADS,
+             f"comfyui-frontend-package=={value}"])
+    tmp, prefix = dest + ".tmp", "comfyui_frontend_package/static/"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.startswith(prefix) and not name.endswith("/"):
+                target = os.path.join(tmp, name[len(prefix):])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with z.open(name) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    os.replace(tmp, dest)
+    log(f"front end {value} (comfyui-frontend-package) at {dest}")
+    return dest
+
+
 def setup(full=False):
     t0 = time.time()
     os.makedirs(CACHE, exist_ok=True)
@@ -403,6 +440,7 @@ def setup(full=False):
     comfy_dir = host_tree(kind, source, folder)
     python, notes = setup_venv(os.path.join(folder, "venv"), kind, comfy_dir)
     link_plugin(comfy_dir)
+    front_end()  # $TA_FRONT_END: another front end for the browser tier, provisioned here
     kinds = WEIGHT_KINDS + (FULL_KINDS if full or os.environ.get("TA_FULL") == "1" else [])
     ckpt_dir, yaml_path = make_weights_files(python, comfy_dir, kinds)
     manifest = {
