@@ -203,11 +203,11 @@ def requirement_lines(path):
         return [ln.split("#", 1)[0].strip() for ln in f if requirement_name(ln)]
 
 
-def torchaudio_available(python):
-    """Whether the package index has a torchaudio build for the pinned torch (a dry run, nothing installed)."""
-    torch_version = TORCH_PINS[0].split("==")[1]
-    r = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--no-deps", "-q", "--disable-pip-version-check",
-                        f"torchaudio=={torch_version}"], capture_output=True, text=True)
+def torchaudio_resolves(python):
+    """Whether the package index has a torchaudio whose requirements allow the pinned torch (a dry run
+    with torch pinned, nothing installed); `host_libraries.py` then proves the one installed."""
+    r = subprocess.run([python, "-m", "pip", "install", "--dry-run", "-q", "--disable-pip-version-check",
+                        *TORCH_PINS, "torchaudio"], capture_output=True, text=True)
     return r.returncode == 0
 
 
@@ -216,7 +216,8 @@ def venv_requirements(kind, comfy_dir, has_torchaudio_build):
 
     The embedded host gets our pins (scripts/requirements-host.txt). Another host gets its own
     requirements as it states them, except torch and torchvision (TORCH_PINS instead) and torchaudio
-    when `has_torchaudio_build()` says the index has none for the pinned torch; our pins only for the
+    when `has_torchaudio_build()` says the index has none that allows the pinned torch (a host that names
+    torchaudio gets the newest that does, resolved beside the pins); our pins only for the
     packages it does not name; and the plugin's own requirements.txt (ranges, resolved together).
     """
     plugin = requirement_lines(os.path.join(REPO, "requirements.txt"))
@@ -228,8 +229,9 @@ def venv_requirements(kind, comfy_dir, has_torchaudio_build):
     lines = [ln for ln in host if requirement_name(ln) not in PINNED_BY_US]
     if any(requirement_name(ln) == "torchaudio" for ln in lines) and not has_torchaudio_build():
         lines = [ln for ln in lines if requirement_name(ln) != "torchaudio"]
-        notes.append(f"torchaudio is left out: the package index has no build for {TORCH_PINS[0]}, so the "
-                     "host logs an import failure for its audio nodes at start (our nodes do not use them)")
+        notes.append(f"torchaudio is left out: the package index has none that allows {TORCH_PINS[0]}, so "
+                     "the host logs an import failure for its audio nodes at start, or does not start if it "
+                     "imports torchaudio at start-up")
     named = {requirement_name(ln) for ln in host}
     fills = [ln for ln in requirement_lines(PINS) if requirement_name(ln) not in named]
     return TORCH_PINS + lines + fills + plugin, notes
@@ -246,21 +248,37 @@ def setup_venv(venv, kind, comfy_dir):
     if os.path.exists(stamp):
         with open(stamp) as f:
             done = json.load(f)
-        if done["key"] == key:
-            return python, done["notes"]
+        if done["key"] == key and "libraries" in done:
+            return python, done["notes"], done["libraries"]
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    lines, notes = venv_requirements(kind, comfy_dir, lambda: torchaudio_available(python))
     # from another host's venv with the same pins, so the disk holds no second 5 GB copy; what this venv's
     # own requirements name is left to pip, so the host decides those versions as in a venv of its own
-    link_pinned_torch(venv, {requirement_name(ln) for ln in lines} - set(PINNED_BY_US))
+    # (torchaudio is no requirement of torch's, so its answer does not matter here)
+    named = {requirement_name(ln) for ln in venv_requirements(kind, comfy_dir, lambda: False)[0]}
+    link_pinned_torch(venv, named - set(PINNED_BY_US))
     run(pip + TORCH_PINS)  # alone first: the pinned builds from this machine's disk, never a CUDA download
+    lines, notes = venv_requirements(kind, comfy_dir, lambda: torchaudio_resolves(python))
     listing = os.path.join(venv, "ta-requirements.txt")
     write_atomic(listing, "\n".join(lines) + "\n")
     run(pip + ["-r", listing])
+    libraries = host_libraries(python, comfy_dir)
     for note in notes:
         log(note)
-    write_atomic(stamp, json.dumps({"key": key, "notes": notes}))
-    return python, notes
+    write_atomic(stamp, json.dumps({"key": key, "notes": notes, "libraries": libraries}))
+    return python, notes, libraries
+
+
+def host_libraries(python, comfy_dir):
+    """{distribution: version} of the libraries the host runs on, after scripts/host_libraries.py has proved
+    torch's companions work beside the pinned torch (run from the host's folder, no bytecode written)."""
+    r = subprocess.run([python, os.path.join(REPO, "scripts", "host_libraries.py")], cwd=comfy_dir,
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    if r.returncode != 0:
+        raise SystemExit(f"set-up of the host at {comfy_dir} chose libraries that do not work together:\n"
+                         f"{r.stderr.strip()[-3000:]}")
+    libraries = json.loads(r.stdout.strip().splitlines()[-1])
+    log("libraries: " + ", ".join(f"{name} {version}" for name, version in libraries.items()))
+    return libraries
 
 
 def site_packages(venv):
@@ -438,7 +456,7 @@ def setup(full=False):
     key, kind, source = choose_host()
     folder = os.path.join(CACHE, "hosts", key)
     comfy_dir = host_tree(kind, source, folder)
-    python, notes = setup_venv(os.path.join(folder, "venv"), kind, comfy_dir)
+    python, notes, libraries = setup_venv(os.path.join(folder, "venv"), kind, comfy_dir)
     link_plugin(comfy_dir)
     front_end()  # $TA_FRONT_END: another front end for the browser tier, provisioned here
     kinds = WEIGHT_KINDS + (FULL_KINDS if full or os.environ.get("TA_FULL") == "1" else [])
@@ -446,7 +464,8 @@ def setup(full=False):
     manifest = {
         "python": python, "comfyui": comfy_dir, "cache": CACHE, "checkpoints": ckpt_dir,
         "extra_model_paths": yaml_path, "clips": sample_clips(), "host_key": key, "host_kind": kind,
-        "host_label": host_label(kind, comfy_dir), "notes": notes, "user_host": kind == "path",
+        "host_label": host_label(kind, comfy_dir), "notes": notes, "libraries": libraries,
+        "user_host": kind == "path",
     }
     text = json.dumps(manifest, indent=1)
     write_atomic(os.path.join(folder, "manifest.json"), text)

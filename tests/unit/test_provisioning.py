@@ -207,3 +207,28 @@ def test_set_ups_writing_the_same_file_at_once_do_not_collide(tmp_path):
     lines = open(path).read().splitlines()
     assert len(lines) == 100 and len(set(lines)) == 1
     assert os.listdir(tmp_path) == ["manifest.json"]
+
+
+HOST_LIBRARIES = os.path.join(REPO, "scripts", "host_libraries.py")
+
+
+def test_host_libraries_names_the_versions_the_host_runs_on(tmp_path):
+    """Run in this venv: prints the chosen versions (torch at least) after the companions' checks pass."""
+    r = subprocess.run([sys.executable, HOST_LIBRARIES], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    versions = json.loads(r.stdout.strip().splitlines()[-1])
+    import torch
+    assert versions["torch"] == torch.__version__.split("+")[0]
+
+
+def test_host_libraries_refuses_a_torchaudio_that_does_not_run(tmp_path):
+    """A torchaudio that imports but whose kernels fail beside this torch stops set-up, naming it."""
+    site = tmp_path / "site"
+    fake_dist(str(site), "torchaudio", "9.9.9", {
+        "torchaudio/__init__.py": "from . import functional\n",
+        "torchaudio/functional.py": "def resample(*a, **k):\n    raise RuntimeError('undefined symbol: _ZN3c10')\n"})
+    env = dict(os.environ, PYTHONPATH=str(site))
+    r = subprocess.run([sys.executable, HOST_LIBRARIES], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert "torchaudio 9.9.9 does not work beside torch" in r.stderr and "undefined symbol" in r.stderr
