@@ -1,7 +1,8 @@
 // Live loss curve on "Train Adapter (Temporal Adapter)": the trainer sends one
 // "temporal_adapter.loss" event per step ({node, step, steps, total, denoise, temporal, lr}); the
-// curve (log scale, one line per term) is drawn under the node's widgets; the node grows to make room
-// for it (a workflow saved without this extension may hold a smaller size). Nothing is serialized.
+// curve (log scale, one line per term) is drawn on a canvas under the node's widgets, in either node
+// renderer; the node grows to make room for it (a workflow saved without this extension may hold a
+// smaller size). Nothing is serialized.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -41,6 +42,44 @@ function drawCurve(ctx, history, x0, y0, width, height) {
 	ctx.restore();
 }
 
+// The curve is a <canvas> in a DOM widget under the node's widgets: both of the front end's node renderers
+// show DOM widgets (the canvas renderer places them over the graph, the Vue one inside its node), while
+// only the canvas renderer calls LiteGraph's onDrawForeground. The widget keeps HEIGHT px for it.
+function addCurve(node) {
+	const canvas = Object.assign(document.createElement("canvas"), { className: "ta-loss-curve" });
+	Object.assign(canvas.style, { width: "100%", height: `${HEIGHT}px`, display: "block" });
+	const widget = node.addDOMWidget("loss_curve", "preview", canvas, {
+		serialize: false,
+		hideOnZoom: false,
+		getValue: () => undefined,
+		setValue: () => {},
+		getHeight: () => HEIGHT,
+		getMinHeight: () => HEIGHT,
+		getMaxHeight: () => HEIGHT,
+	});
+	widget.serialize = false;
+	const draw = () => {
+		const history = node.lossHistory;
+		const width = Math.max(Math.round(canvas.clientWidth || node.size[0] - 16), 1);
+		if (canvas.width !== width) canvas.width = width;
+		if (canvas.height !== HEIGHT) canvas.height = HEIGHT;
+		const ctx = canvas.getContext("2d");
+		ctx.clearRect(0, 0, canvas.width, canvas.height);
+		if (history?.length) drawCurve(ctx, history, 0, 0, canvas.width, HEIGHT);
+		canvas.dataset.steps = String(history?.length ?? 0);
+	};
+	if (typeof ResizeObserver !== "undefined") {
+		const observer = new ResizeObserver(() => node.lossHistory?.length && draw());
+		observer.observe(canvas);
+		const removed = node.onRemoved;
+		node.onRemoved = function () {
+			observer.disconnect();
+			return removed?.apply(this, arguments);
+		};
+	}
+	return draw;
+}
+
 function makeRoom(node) {
 	const [width, height] = node.computeSize();
 	if (node.size[0] < width || node.size[1] < height) {
@@ -52,32 +91,24 @@ app.registerExtension({
 	name: "temporal_adapter.loss_curve",
 	setup() {
 		api.addEventListener(EVENT, ({ detail }) => {
-			const node = app.graph?.getNodeById(Number(detail.node)) ?? app.graph?.getNodeById(detail.node);
+			const node = app.graph?.getNodeById(detail.node) ?? app.graph?.getNodeById(Number(detail.node));
 			if (!node || node.comfyClass !== NODE) return;
 			if (detail.step === 1 || !node.lossHistory || detail.step <= (node.lossHistory.at(-1)?.step ?? 0)) {
 				node.lossHistory = [];
 			}
 			node.lossHistory.push(detail);
 			makeRoom(node);
+			node.drawLossCurve?.();
 			node.setDirtyCanvas(true, true);
 		});
 	},
 	beforeRegisterNodeDef(nodeType, nodeData) {
 		if (nodeData.name !== NODE) return;
-		// In the 2024 front end the node class gets LiteGraph's methods only after this hook, and
-		// only those it does not define itself: fall back to LiteGraph's own computeSize at call time.
-		const computeSize = nodeType.prototype.computeSize;
-		nodeType.prototype.computeSize = function (...args) {
-			const size = (computeSize ?? window.LiteGraph.LGraphNode.prototype.computeSize).apply(this, args);
-			return [size[0], size[1] + HEIGHT];
-		};
-		const onDrawForeground = nodeType.prototype.onDrawForeground;
-		nodeType.prototype.onDrawForeground = function (ctx) {
-			const r = onDrawForeground?.apply(this, arguments);
-			if (!this.flags?.collapsed && this.lossHistory) {
-				drawCurve(ctx, this.lossHistory, 8, this.size[1] - HEIGHT - 4, this.size[0] - 16, HEIGHT);
-			}
-			return r;
+		const created = nodeType.prototype.onNodeCreated;
+		nodeType.prototype.onNodeCreated = function () {
+			const result = created?.apply(this, arguments);
+			this.drawLossCurve = addCurve(this);
+			return result;
 		};
 	},
 });

@@ -42,6 +42,27 @@ def load_manifest():
         return json.load(f)
 
 
+FRONT_END_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def front_end_root(manifest=None):
+    """The folder of the front end that $TA_FRONT_END names, for the server's `--front-end-root`: a folder
+    holding index.html as it is, or a comfyui-frontend-package version (e.g. 1.58.1) that `scripts/ta.py
+    setup` unpacked into the cache's frontends/<version>/. None when unset: the host's own front end."""
+    value = os.environ.get("TA_FRONT_END")
+    if not value:
+        return None
+    if FRONT_END_VERSION.fullmatch(value):
+        cache = (manifest or {}).get("cache") or os.environ.get("TA_CACHE") or os.path.join(REPO, ".cache")
+        folder = os.path.join(cache, "frontends", value)
+    else:
+        folder = os.path.abspath(value)
+    if not os.path.isfile(os.path.join(folder, "index.html")):
+        raise SystemExit(f"TA_FRONT_END={value}: no front end at {folder} (no index.html); provision it with "
+                         f"`TA_FRONT_END={value} python3 scripts/ta.py setup`")
+    return folder
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,9 +80,10 @@ class ComfyServer:
     folder and database live in `workdir`, so that nothing is written into the host's own tree (a user's
     install with COMFYUI_PATH). The 2024 host has no such options: its user folder stays in its tree."""
 
-    def __init__(self, python, comfy_dir, workdir, extra_model_paths=None, port=None):
+    def __init__(self, python, comfy_dir, workdir, extra_model_paths=None, port=None, front_end_root=None):
         self.python, self.comfy_dir, self.workdir = python, comfy_dir, workdir
         self.extra_model_paths = extra_model_paths
+        self.front_end_root = front_end_root  # another front end's folder (index.html): --front-end-root
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.input_dir = os.path.join(workdir, "input")
@@ -84,6 +106,11 @@ class ComfyServer:
             cmd += ["--database-url", "sqlite:///" + os.path.join(self.user_dir, "comfyui.db")]
         if self.extra_model_paths:
             cmd += ["--extra-model-paths-config", self.extra_model_paths]
+        if self.front_end_root:
+            if "--front-end-root" not in options:
+                raise ComfyError(f"this ComfyUI ({self.comfy_dir}) has no --front-end-root option: it can only "
+                                 "serve its own front end (unset TA_FRONT_END)")
+            cmd += ["--front-end-root", self.front_end_root]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

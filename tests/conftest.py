@@ -207,17 +207,76 @@ def release_models():
 
 @pytest.fixture(scope="session")
 def live_server(provisioned, comfy_host, tmp_path_factory):
-    """A ComfyUI server on a free loopback port with our plugin; stopped at the end of the session."""
-    from comfy_client import ComfyServer
+    """A ComfyUI server on a free loopback port with our plugin; stopped at the end of the session. It serves
+    the front end that $TA_FRONT_END names (`--front-end-root`, comfy_client.front_end_root), else its own."""
+    from comfy_client import ComfyError, ComfyServer, front_end_root
+    try:
+        root = front_end_root(provisioned)
+    except SystemExit as e:
+        pytest.fail(str(e))
     server = ComfyServer(provisioned["python"], provisioned["comfyui"], str(tmp_path_factory.mktemp("live")),
-                         extra_model_paths=provisioned["extra_model_paths"])
-    server.start()
+                         extra_model_paths=provisioned["extra_model_paths"], front_end_root=root)
+    try:
+        server.start()
+    except ComfyError as e:
+        pytest.fail(str(e))
     missing = sorted(set(comfy_host.plugin.NODE_CLASS_MAPPINGS) - set(server.object_info))
     if missing:
         server.stop()
         pytest.fail(f"the live host did not register {missing}; server log:\n{server.log_tail()}")
     yield server
     server.stop()
+
+
+# ---- the browser tier's page -------------------------------------------------------------------
+VUE_NODES = "Comfy.VueNodes.Enabled"  # the front end's setting for its Vue-based node renderer ("Nodes 2.0")
+RENDERERS = ("canvas", "vue")
+_no_vue = {}  # live server url -> why its front end has no Vue renderer (found once, not per module)
+
+FRONT_END_INFO = f"""() => {{
+    const settings = window.app.ui?.settings;
+    const vue = !!settings?.settingsLookup?.["{VUE_NODES}"];
+    return {{ version: window.__COMFYUI_FRONTEND_VERSION__ ?? null, vue,
+              on: vue ? settings.getSettingValue("{VUE_NODES}") : null }};
+}}"""
+
+
+@pytest.fixture(scope="module", params=RENDERERS)
+def page(request, live_server):
+    """A headless-Chromium page on the live server's front end, once per node renderer that the front end
+    offers: "canvas" (LiteGraph's, always) and "vue" (its Vue-based nodes, where the front end registers the
+    Comfy.VueNodes.Enabled setting; skipped with that reason where it does not). `page.renderer` and
+    `page.front_end` (its version) say which. The renderer is chosen as a user does, by the setting, stored
+    in the server's own user folder before the page loads (with the first-run template browser marked seen)."""
+    import shutil
+    from comfy_client import front_end_page, host_options
+    reason = os.environ.get("TA_BROWSER_UNAVAILABLE")
+    if reason or not shutil.which("chromium"):
+        pytest.skip(f"browser tier skipped: {reason or 'chromium is not installed'}")
+    renderer = request.param
+    if renderer == "vue" and live_server.url in _no_vue:
+        pytest.skip(_no_vue[live_server.url])
+    if "--user-directory" in host_options(live_server.comfy_dir):  # else the settings are the host tree's own
+        status, _ = live_server.post("/settings", {VUE_NODES: renderer == "vue", "Comfy.TutorialCompleted": True})
+        assert status == 200, f"POST /settings answered {status}"
+    with front_end_page(live_server.url, 1280, 800) as page:
+        info = page.evaluate(FRONT_END_INFO)
+        version = info["version"] or "bundled with the host"
+        if not info["vue"]:
+            _no_vue[live_server.url] = (f"front end {version} has no Vue node renderer (no {VUE_NODES} setting "
+                                        "in its settings registry)")
+            if renderer == "vue":
+                pytest.skip(_no_vue[live_server.url])
+        elif info["on"] != (renderer == "vue"):
+            pytest.fail(f"front end {version}: {VUE_NODES} is {info['on']}, asked for the {renderer} renderer")
+        if version not in FRONT_ENDS_SEEN:
+            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter:
+                reporter.write_line(f"\nbrowser tier on {host_label()}: front end {version}"
+                                    f"{' (renderers canvas and vue)' if info['vue'] else ' (canvas renderer only)'}")
+        FRONT_ENDS_SEEN[version].add(renderer)
+        page.renderer, page.front_end = renderer, version
+        yield page
 
 
 # ---- time per tier, printed at the end -------------------------------------------------------
@@ -239,16 +298,26 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def host_label():
-    """The host the suite runs on, as the provisioning manifest names it (e.g. "ComfyUI 0.8.0")."""
+    """The host the suite runs on, as the provisioning manifest names it (e.g. "ComfyUI 0.8.0"), with the
+    front end that $TA_FRONT_END names when set (e.g. "ComfyUI 0.33.0, front end 1.58.1")."""
     try:
-        return manifest().get("host_label") or "ComfyUI"
+        label = manifest().get("host_label") or "ComfyUI"
     except BaseException:  # no manifest: pytest.exit was raised; the summary still prints
-        return "unknown host"
+        label = "unknown host"
+    front_end = os.environ.get("TA_FRONT_END")
+    return f"{label}, front end {os.path.basename(os.path.normpath(front_end))}" if front_end else label
+
+
+# The front ends the browser tier saw, {"1.58.1": {"canvas", "vue"}}: tests/browser/conftest.py fills it
+# from the page (its own version and the renderers it offered); the summary names them.
+FRONT_ENDS_SEEN = defaultdict(set)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus):
     host = host_label()
     terminalreporter.section(f"time per test tier on {host}")
+    for version, renderers in sorted(FRONT_ENDS_SEEN.items()):
+        terminalreporter.write_line(f"{host}  browser tier: front end {version}, renderers: {', '.join(sorted(renderers))}")
     for tier in sorted(_tier_time):
         terminalreporter.write_line(f"{host}  {tier:8s} {_tier_count[tier]:4d} tests {_tier_time[tier]:8.1f} s")
     path = os.environ.get("TA_TIMINGS")

@@ -1,7 +1,7 @@
 """The heatmap viewer in the host's front end (headless Chromium): the example workflow is loaded and
 queued from the page, and the viewer's canvas changes when the word, the frame, or playback changes it."""
 import pytest
-from test_frontend import load_example, page  # noqa: F401  (page: the shared headless-browser fixture)
+from test_frontend import bring_into_view, load_example, node_element_shown
 
 pytestmark = pytest.mark.browser
 
@@ -30,7 +30,7 @@ def drive(page, selector, value, event):
     return page.evaluate(SNAPSHOT)
 
 
-def test_viewer_switches_words_scrubs_frames_and_plays(page, live_server, clips):  # noqa: F811
+def test_viewer_switches_words_scrubs_frames_and_plays(page, live_server, clips):
     load_example(page, live_server, clips["bikes.mp4"], "attention_heatmaps.json",
                  [["CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors"],
                   ["TA_LoadVideo", "frame_load_cap", 4], ["TA_AttentionHeatmaps", "seed", 7]])
@@ -45,6 +45,9 @@ def test_viewer_switches_words_scrubs_frames_and_plays(page, live_server, clips)
     page.wait_for_function(f"() => ({FIND_VIEWER})().querySelector('canvas').dataset.ready", timeout=180000)
 
     first = page.evaluate(SNAPSHOT)
+    bring_into_view(page, "TA_AttentionHeatmaps")  # on screen in this renderer, inside the node
+    shown = node_element_shown(page, "TA_AttentionHeatmaps", "(node) => node.widgets.find((w) => w.name === 'heatmap_viewer').element.querySelector('canvas')")
+    assert shown["shown"], f"the viewer is not on screen in the {page.renderer} renderer: {shown['why']}"
     assert first["words"] == ["man", "bike", "street"] and first["word"] == "0" and first["frame"] == "0"
     assert first["width"] == 256 and first["height"] == 112
 

@@ -1,11 +1,14 @@
 """The trainer's live loss curve (js/loss_curve.js) in the host's front end (headless Chromium): the
 train_adapter example workflow (tiny model, 4 small frames) is queued from the page on the live
 server; the trainer's per-step "temporal_adapter.loss" events reach the node through the front
-end's api, and the node draws the curve and the latest values under its widgets."""
+end's api, and the node draws the curve and the latest values under its widgets, on screen in
+each node renderer of the front end (the Vue one never calls LiteGraph's onDrawForeground)."""
+import io
 import re
 
 import pytest
-from test_frontend import load_example, page  # noqa: F401  (page: the shared headless-browser fixture)
+from PIL import Image
+from test_frontend import bring_into_view, load_example, node_element_shown
 
 pytestmark = pytest.mark.browser
 
@@ -14,13 +17,12 @@ CURVE_HEIGHT = 140  # HEIGHT in js/loss_curve.js
 COLOURS = {"total": (0xE0, 0xE0, 0xE0), "denoise": (0x4A, 0x9F, 0xE0), "temporal": (0xE0, 0x50, 0x50)}
 
 TRAINER = "window.app.graph._nodes.find((n) => n.type === 'TA_TrainAdapter')"
-# Draws the graph with the trainer's body at canvas (20, 40), scale 1, and returns what was drawn in
-# the curve's box (the bottom CURVE_HEIGHT px of the node): pixel colour counts and every text.
+CURVE = "(node) => node.widgets.find((w) => w.name === 'loss_curve').element"
+# Redraws the curve's canvas (a DOM widget under the trainer's widgets, shown by both renderers) and returns
+# what it holds: pixel colour counts and every text drawn, with the node's sizes and the widgets' layout.
 SNAPSHOT = f"""([colours, height]) => {{
     const node = {TRAINER};
-    const canvas = window.app.canvas;
-    canvas.ds.scale = 1;
-    canvas.ds.offset = [20 - node.pos[0], 40 - node.pos[1]];
+    const canvas = ({CURVE})(node);
     const texts = [];
     const fillText = CanvasRenderingContext2D.prototype.fillText;
     CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {{
@@ -28,27 +30,50 @@ SNAPSHOT = f"""([colours, height]) => {{
         return fillText.call(this, text, ...rest);
     }};
     try {{
-        canvas.setDirty(true, true);
-        canvas.draw(true, true);
+        node.drawLossCurve();
     }} finally {{
         CanvasRenderingContext2D.prototype.fillText = fillText;
     }}
-    const top = 40 + node.size[1] - height - 4;
-    const box = canvas.canvas.getContext("2d").getImageData(28, top, node.size[0] - 16, height).data;
+    const box = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
     const counts = Object.fromEntries(Object.keys(colours).map((k) => [k, 0]));
     let background = 0;
     for (let i = 0; i < box.length; i += 4) {{
         const px = [box[i], box[i + 1], box[i + 2]];
         const near = (c) => c.every((v, j) => Math.abs(v - px[j]) <= 24);
-        if (px.every((v) => Math.abs(v - 0x1b) <= 2)) background += 1;
-        for (const [k, c] of Object.entries(colours)) if (near(c)) counts[k] += 1;
+        if (box[i + 3] > 0 && px.every((v) => Math.abs(v - 0x1b) <= 2)) background += 1;
+        for (const [k, c] of Object.entries(colours)) if (box[i + 3] > 0 && near(c)) counts[k] += 1;
     }}
+    // the curve's place: under every other widget (canvas renderer: the widgets' y; Vue: their elements)
+    const others = node.widgets.filter((w) => w.name !== "loss_curve" && w.type !== "hidden");
     const widgetHeight = window.LiteGraph.NODE_WIDGET_HEIGHT;
-    const widgetsBottom = Math.max(...node.widgets.map((w) => (w.last_y ?? w.y ?? 0) + widgetHeight));
+    const curveWidget = node.widgets.find((w) => w.name === "loss_curve");
+    const layout = {{ curveTop: curveWidget.last_y ?? curveWidget.y ?? 0,
+                      widgetsBottom: Math.max(...others.map((w) => (w.last_y ?? w.y ?? 0) + widgetHeight)) }};
+    const element = document.querySelector(`[data-node-id="${{node.id}}"]`);
+    if (element) {{
+        const bottoms = [...element.querySelectorAll("input, select, textarea, button")]
+            .filter((el) => !canvas.contains(el)).map((el) => el.getBoundingClientRect().bottom);
+        layout.curveTop = canvas.getBoundingClientRect().top;
+        layout.widgetsBottom = Math.max(...bottoms);
+    }}
     return {{ counts, background, pixels: box.length / 4, texts, size: [...node.size], min: [...node.computeSize()],
-              top: node.size[1] - height - 4, widgetsBottom,
+              canvasHeight: canvas.height, ...layout,
               history: (node.lossHistory || []).map((r) => [r.step, r.steps, r.total, r.denoise, r.temporal]) }};
 }}"""
+
+
+def on_screen(page, colours):
+    """The curve as the user sees it: bring the trainer into view and count, in a screenshot of the curve's
+    box, the pixels of each term's colour (the canvas renderer places the DOM widget over the graph, the
+    Vue renderer inside its node)."""
+    bring_into_view(page, "TA_TrainAdapter")
+    shown = node_element_shown(page, "TA_TrainAdapter", CURVE)
+    assert shown["shown"], f"the loss curve is not on screen in the {page.renderer} renderer: {shown['why']}"
+    x, y, w, h = shown["box"]
+    picture = Image.open(io.BytesIO(page.screenshot(clip={"x": x, "y": y, "width": w, "height": h}))).convert("RGB")
+    data = picture.tobytes()
+    pixels = [data[i:i + 3] for i in range(0, len(data), 3)]
+    return {k: sum(all(abs(p[j] - c[j]) <= 24 for j in range(3)) for p in pixels) for k, c in colours.items()}
 
 
 OLD_HEIGHT = 300  # a trainer node saved by an older version of the workflow, before the curve had room
@@ -69,7 +94,7 @@ def queue(page, live_server, steps):
     live_server.wait_idle(timeout=300)
 
 
-def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips):  # noqa: F811
+def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips):
     load_example(page, live_server, clips["carphone_pristine.mp4"], "train_adapter.json", [
         ["CheckpointLoaderSimple", "ckpt_name", "ta_tiny_sd15.safetensors"], ["TA_LoadVideo", "frame_load_cap", 4],
         ["TA_LoadVideo", "custom_width", 64], ["TA_TrainAdapter", "seed", SEED],
@@ -78,6 +103,7 @@ def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips
     page.evaluate(f"(h) => {{ const node = {TRAINER}; node.setSize([node.size[0], h]); }}", OLD_HEIGHT)
     before = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     assert not before["history"] and before["background"] == 0
+    assert not any(on_screen(page, COLOURS).values())
     assert not [t for t in before["texts"] if t.startswith("step ")]
 
     queue(page, live_server, STEPS)
@@ -89,14 +115,17 @@ def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips
     assert all(v > 0 for r in history for v in r[2:])
     # The node grew tall enough for its widgets and the curve under them (the size it was given is
     # not), and the curve is drawn there: mostly its background, with every term's line.
-    assert after["size"][1] >= after["min"][1] > OLD_HEIGHT and after["widgetsBottom"] <= after["top"]
-    assert after["background"] > 0.5 * after["pixels"]
+    assert after["size"][1] >= after["min"][1] > OLD_HEIGHT and after["widgetsBottom"] <= after["curveTop"]
+    assert after["canvasHeight"] == CURVE_HEIGHT and after["background"] > 0.5 * after["pixels"]
     assert all(count >= 20 for count in after["counts"].values()), after["counts"]
     shown = {t.split()[0]: float(t.split()[1]) for t in after["texts"]
              if re.fullmatch(r"(total|denoise|temporal) \S+", t)}
     for key, value in zip(("total", "denoise", "temporal"), history[-1][2:]):
         assert abs(shown[key] - value) <= 1e-3 * value, (key, value, shown)
     assert f"step {STEPS}/{STEPS}" in after["texts"]
+    seen = on_screen(page, COLOURS)  # and it is on screen, in this renderer
+    print(f"on screen ({page.renderer} renderer): {seen}")
+    assert all(count >= 20 for count in seen.values()), seen
 
     # The values are the trainer's own: its output text gives the first and last total loss.
     entries = [e for e in live_server.get("/history").values()

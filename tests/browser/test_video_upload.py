@@ -5,12 +5,13 @@ saved clip's preview in the saver."""
 import os
 
 import pytest
-from test_frontend import load_example, page  # noqa: F401  (page: the shared headless-browser fixture)
+from test_frontend import bring_into_view, load_example, node_element_shown
 
 pytestmark = pytest.mark.browser
 
 LOADER = "window.app.graph._nodes.find((n) => n.type === 'TA_LoadVideo')"
 SAVER = "window.app.graph._nodes.find((n) => n.type === 'TA_SaveVideo')"
+VIDEO = "(node) => node.widgets.find((w) => w.name === 'video_preview').element.querySelector('video')"
 PREVIEW = f"""() => {{
     const node = {LOADER};
     const box = node.widgets.find((w) => w.name === "video_preview").element;
@@ -21,7 +22,7 @@ PREVIEW = f"""() => {{
 }}"""
 
 
-def test_upload_button_preview_and_saver_preview(page, live_server, clips, tmp_path):  # noqa: F811
+def test_upload_button_preview_and_saver_preview(page, live_server, clips, tmp_path):
     load_example(page, live_server, clips["carphone_pristine.mp4"], "load_and_save.json",
                  [["TA_LoadVideo", "frame_load_cap", 3], ["TA_LoadVideo", "custom_width", 64],
                   ["TA_SaveVideo", "filename_prefix", "browser/upload"]])
@@ -49,6 +50,20 @@ def test_upload_button_preview_and_saver_preview(page, live_server, clips, tmp_p
     assert preview["value"] == "my clip.mp4" and os.path.exists(os.path.join(live_server.input_dir, "my clip.mp4"))
     assert preview["shown"] and "filename=my+clip.mp4" in preview["src"] and "type=input" in preview["src"]
     assert preview["height"] == 144 and preview["width"] > 0  # the uploaded clip plays in the node
+    bring_into_view(page, "TA_LoadVideo")  # and is on screen in this renderer, inside the loader
+    shown = node_element_shown(page, "TA_LoadVideo", VIDEO)
+    assert shown["shown"], f"the preview is not on screen in the {page.renderer} renderer: {shown['why']}"
+    if page.renderer == "vue":  # the button is an element of the Vue node: a real click opens the file input
+        button = f"[data-node-id='{page.evaluate(f'() => String({LOADER}.id)')}'] button:has-text('choose video to upload')"
+        page.evaluate("""() => {
+            window.__fileInputClicks = 0;
+            const click = HTMLInputElement.prototype.click;
+            HTMLInputElement.prototype.click = function () {
+                if (this.type === "file") window.__fileInputClicks += 1; else click.call(this);
+            };
+        }""")
+        page.locator(button).click()
+        assert page.evaluate("() => window.__fileInputClicks") == 1
 
     # a choice whose file is not in the input folder (a shared workflow's clip) shows no preview
     missing = page.evaluate(f"""async () => {{
