@@ -2,6 +2,7 @@
 from a live host's /object_info, so the files load in the front end exactly as if saved there.
 
     python3 scripts/ta.py run scripts/build_workflows.py --measure   # once per host: node sizes
+    (TA_FRONT_END=1.58.1 with it: measured in that front end, in both of its node renderers)
     python3 scripts/ta.py run scripts/build_workflows.py             # lay out and write the files
 
 Each spec node: (id, class_type, {widget: value}, {input: (source_id, output_slot)}, (stage, lane)).
@@ -12,8 +13,9 @@ Layout, as ComfyUI's own templates: the pipeline reads left to right, one titled
 (load -> prompts and encode -> invert -> train -> edit -> decode and save), the analysis nodes in a
 "Measure" group below, and one short note. Front ends enlarge a node on load to what its widgets
 need (ComfyUI 0.8.0's more than the 2024 one), so every node is given the largest size that any
-front end measured for it: `--measure` loads the files in the current host's front end (headless
-Chromium) and merges what it reads into scripts/workflow_node_sizes.json.
+front end measured for it: `--measure` loads the files in the current host's front end (or the one
+TA_FRONT_END names; headless Chromium), in each node renderer it has (the Vue nodes of front ends from
+1.2x on lay widgets out taller), and merges what it reads into scripts/workflow_node_sizes.json.
 """
 import argparse
 import json
@@ -23,7 +25,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_client import ComfyServer, WIDGET_TYPES, front_end_page, load_manifest  # noqa: E402
+from comfy_client import ComfyServer, WIDGET_TYPES, front_end_page, front_end_root, load_manifest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = os.path.join(REPO, "scripts", "workflow_node_sizes.json")
@@ -337,28 +339,50 @@ def build(name, workflow, object_info, sizes):
 # Reads the size the front end computes for every node once the workflow is loaded (what it needs
 # for its widgets, previews and curves: smaller saved sizes are enlarged to it on load), widened to
 # show the whole title (the 0.8.0 front end cuts a title at the node's width less two title heights).
-MEASURE_JS = """async (workflow) => {
-    await window.app.loadGraphData(workflow);
+MEASURE_JS = """async ([text, vue]) => {
+    await window.app.loadGraphData(JSON.parse(text));
     await new Promise((resolve) => setTimeout(resolve, 1500));
+    const element = (node) => document.querySelector(`[data-node-id="${node.id}"]`);
+    for (let i = 0; vue && i < 100 && !window.app.graph._nodes.every(element); i += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+    }
     const context = document.createElement("canvas").getContext("2d");
     const out = {};
     for (const node of window.app.graph._nodes) {
         context.font = node.titleFontStyle ?? `${LiteGraph.NODE_TEXT_SIZE}px ${LiteGraph.NODE_FONT ?? "Arial"}`;
         const title = context.measureText(node.getTitle()).width + 2 * LiteGraph.NODE_TITLE_HEIGHT;
-        const [width, height] = node.computeSize();
+        let [width, height] = node.computeSize();
+        if (vue) {  // the Vue node's element (title bar included) as laid out, in graph units
+            const r = element(node).getBoundingClientRect();
+            const scale = window.app.canvas.ds.scale;
+            width = Math.max(width, r.width / scale);
+            height = Math.max(height, r.height / scale - LiteGraph.NODE_TITLE_HEIGHT);
+        }
         out[node.id] = [Math.ceil(Math.max(width, title)), Math.ceil(height)];
     }
     return out;
 }"""
+VUE_NODES = "Comfy.VueNodes.Enabled"
 
 
 def measure(server, workflows):
-    """{workflow name: {node id: [w, h]}} as the live host's front end sizes the nodes."""
+    """{workflow name: {node id: [w, h]}} as the live host's front end sizes the nodes, the largest of its
+    node renderers (LiteGraph's canvas, and its Vue nodes where it has them)."""
     clips = load_manifest()["clips"]
     for path in clips.values():  # the loader shows a preview of its file when the file is there
         shutil.copy(path, server.input_dir)
-    with front_end_page(server.url) as page:
-        return {name: page.evaluate(MEASURE_JS, workflow) for name, workflow in workflows.items()}
+    found = {}
+    for vue in (False, True):
+        server.post("/settings", {VUE_NODES: vue, "Comfy.TutorialCompleted": True})
+        with front_end_page(server.url) as page:
+            if vue and not page.evaluate(f"() => !!window.app.ui?.settings?.settingsLookup?.['{VUE_NODES}']"):
+                break
+            for name, workflow in workflows.items():
+                for node_id, (w, h) in page.evaluate(MEASURE_JS, [json.dumps(workflow), vue]).items():
+                    old = found.setdefault(name, {}).get(node_id, [0, 0])
+                    found[name][node_id] = [max(w, old[0]), max(h, old[1])]
+            print(f"measured in the {'Vue' if vue else 'canvas'} renderer")
+    return found
 
 
 def main():
@@ -369,7 +393,8 @@ def main():
     sizes = json.load(open(SIZES)) if os.path.exists(SIZES) else {}
     with tempfile.TemporaryDirectory() as work:
         server = ComfyServer(manifest["python"], manifest["comfyui"], work,
-                             extra_model_paths=manifest["extra_model_paths"]).start()
+                             extra_model_paths=manifest["extra_model_paths"],
+                             front_end_root=front_end_root(manifest) if args.measure else None).start()
         try:
             info = server.object_info
             if args.measure:
