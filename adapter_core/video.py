@@ -30,6 +30,7 @@ import av
 import cv2
 import numpy as np
 import torch
+from av.sidedata.sidedata import SideData
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
@@ -156,20 +157,26 @@ _EXIF_ORIENTATIONS = {2: Orientation(flip_columns=True), 3: Orientation(False, T
                       7: Orientation(True, True, True), 8: Orientation(True, True, False)}
 
 
-def _side_data(frame, kind):
-    """The raw bytes of one kind of a decoded frame's side data (e.g. "DISPLAYMATRIX"), or None."""
-    for data in frame.side_data:
-        if getattr(data.type, "name", str(data.type)) == kind:
-            return bytes(data)
-    return None
-
-
 def frame_orientation(frame):
-    """The Orientation a frame's display matrix asks for (upright when it has none)."""
-    matrix = _side_data(frame, "DISPLAYMATRIX")
-    if matrix is None or len(matrix) < 36:
-        return Orientation()
-    return Orientation.from_display_matrix(np.frombuffer(matrix[:36], np.int32))
+    """The Orientation a decoded frame's display matrix asks for (upright when it has none).
+
+    The matrix is the frame's DISPLAYMATRIX side data, read as each PyAV documents frame.side_data:
+    iterating it gives the SideData items (each with its .type) up to PyAV 18.1.0, and the keys
+    (av.sidedata.sidedata.Type) of a mapping to them from 18.1.1 on. A kind of side data PyAV has no
+    name for is a plain int in PyAV 13 and named UNKNOWN_<n> from 18.1.1, but PyAV 14 to 18.1.0 raise
+    ValueError for it (the FFmpeg in PyAV 17.1 to 18.1.0 attaches the EXIF of JPEG frames so: an
+    MJPEG clip). Then the matrix is unreachable and frame.rotation (PyAV 14 on: degrees
+    counterclockwise) gives its angle alone: a mirror image in the matrix is lost.
+    """
+    try:
+        side_data = frame.side_data
+    except ValueError:
+        return Orientation.from_exif((1, 6, 3, 8)[round(-frame.rotation / 90) % 4])  # quarter turns clockwise
+    for entry in side_data:
+        data = entry if isinstance(entry, SideData) else side_data[entry]
+        if getattr(data.type, "name", None) == "DISPLAYMATRIX" and len(matrix := bytes(data)) >= 36:
+            return Orientation.from_display_matrix(np.frombuffer(matrix[:36], np.int32))
+    return Orientation()
 
 
 RESIZE_MODES = ("crop", "pad", "stretch")
