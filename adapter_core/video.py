@@ -869,24 +869,32 @@ def _raise(error):
 # ---- saving -------------------------------------------------------------------------------------
 
 CONVERT_CHUNK = 16  # frames converted to uint8 per step (bounds the float32 copy of a GPU/half batch)
+# OpenCV 5.1's vector loops multiply float32 by a scalar in float32 (4.x and 5.0: in float64), which
+# rounds 0.2764706 * 255 = 70.5000034 to 70.5 and then to 70: to_uint8 gives it float64 frames there.
+# 64 values fill a vector of any width.
+_MULTIPLIES_FLOAT32_EXACTLY = bool(
+    (cv2.multiply(np.full((1, 64), 0.2764706, np.float32), 255.0, dtype=cv2.CV_8U) == 71).all())
 
 
 def to_uint8(images, even=False):
     """The IMAGE batch [N, H, W, 3] as one uint8 numpy array, converted before any encoding starts.
 
-    Each value is x * 255 computed exactly (OpenCV multiplies in float64), rounded half to even and
+    Each value is x * 255 computed exactly (OpenCV multiplies float32 in float64; an OpenCV that
+    multiplies it in float32, 5.1, is given float64 frames one at a time), rounded half to even and
     clamped to 0..255: bit-identical to `images.double().mul(255).round().clamp(0, 255)`. Torch's float32
     expression `images.mul(255).round()` differs from it by 1 in about 6 values per million, where its
     float32 product rounds onto a half (0.2764706 * 255 = 70.5000034 gives 70 there, 71 here). One
     OpenCV pass per chunk (multiply with saturation): 3-4x faster than the torch expression on the
-    2-core benchmark machine (benchmarks/README.md), and with no float temporary.
+    2-core benchmark machine (benchmarks/README.md), and with no float temporary (one float64 frame
+    on OpenCV 5.1).
     even: pad the right/bottom edge by one repeated pixel to even sizes (yuv420p needs them).
     """
     count, h, w = images.shape[:3]
     ph, pw = h + (h % 2 if even else 0), w + (w % 2 if even else 0)
     out = np.empty((count, ph, pw, 3), np.uint8)
-    for lo in range(0, count, CONVERT_CHUNK):
-        chunk = np.ascontiguousarray(images[lo:lo + CONVERT_CHUNK].detach().to("cpu", torch.float32).numpy())
+    step, dtype = (CONVERT_CHUNK, torch.float32) if _MULTIPLIES_FLOAT32_EXACTLY else (1, torch.float64)
+    for lo in range(0, count, step):
+        chunk = np.ascontiguousarray(images[lo:lo + step].detach().to("cpu", dtype).numpy())
         rows = chunk.reshape(-1, w * 3)  # one channel, so the scalar scales every value
         if (ph, pw) == (h, w):
             cv2.multiply(rows, 255.0, dst=out[lo:lo + len(chunk)].reshape(-1, w * 3), dtype=cv2.CV_8U)

@@ -561,7 +561,14 @@ def exact_uint8(images):
     return images.double().mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def test_uint8_conversion_is_the_exact_rounding_in_one_pass():
+@pytest.fixture(params=["as installed", "float64 frames"])
+def conversion(request, monkeypatch):
+    """to_uint8 with the installed OpenCV, and as it runs where OpenCV multiplies float32 in float32 (5.1)."""
+    if request.param == "float64 frames":
+        monkeypatch.setattr(video, "_MULTIPLIES_FLOAT32_EXACTLY", False)
+
+
+def test_uint8_conversion_is_the_exact_rounding_in_one_pass(conversion):
     images = torch.rand(37, 7, 9, 3) * 1.2 - 0.1  # out of range values too; 37 spans several chunks
     out = video.to_uint8(images, even=True)
     expected = exact_uint8(images)
@@ -572,7 +579,7 @@ def test_uint8_conversion_is_the_exact_rounding_in_one_pass():
     assert np.array_equal(video.to_uint8(images.half()), exact_uint8(images.half()))
 
 
-def test_uint8_conversion_rounds_the_exact_product_where_float32_lands_on_a_half():
+def test_uint8_conversion_rounds_the_exact_product_where_float32_lands_on_a_half(conversion):
     """Found by a fresh run (random frames): 0.2764706 * 255 is 70.5000034, which float32 rounds to 70.5 and
     then to even 70; the exact product rounds to 71. Values of this kind both ways, and 0.5, the one float32
     whose product is exactly a half (127.5: to even, 128)."""
