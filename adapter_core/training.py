@@ -321,13 +321,14 @@ CURVES = (("total", (0.1, 0.1, 0.1)), ("denoise", (0.12, 0.47, 0.71)), ("tempora
 
 def loss_curve_image(history, width=512, height=320):
     """[height, width, 3] float32 RGB in 0..1: total, denoising and temporal loss per step on a
-    shared log10 axis, with the first and last values written in the legend."""
-    img = np.ones((height, width, 3), np.float32)
+    shared log10 axis, with the first and last values written in the legend. Drawn in 8 bits (OpenCV 5.1
+    draws text only on 8-bit images)."""
+    img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 60, width - 10, 50, height - 30
-    cv2.rectangle(img, (left, top), (right, bottom), (0.6, 0.6, 0.6), 1)
+    cv2.rectangle(img, (left, top), (right, bottom), (153, 153, 153), 1)
     if not history:
         cv2.putText(img, "no steps yet", (left + 10, top + 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-        return img
+        return img.astype(np.float32) / 255
     series = {k: np.log10(np.maximum([r[k] for r in history], 1e-12)) for k, _ in CURVES}
     lo = min(float(v.min()) for v in series.values())
     hi = max(float(v.max()) for v in series.values())
@@ -335,6 +336,7 @@ def loss_curve_image(history, width=512, height=320):
     steps = np.array([r["step"] for r in history], np.float64)
     x = left + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (right - left)
     for row, (name, colour) in enumerate(CURVES):
+        colour = tuple(round(255 * c) for c in colour)
         y = bottom - (series[name] - lo) / (hi - lo) * (bottom - top)
         cv2.polylines(img, [np.stack([x, y], 1).round().astype(np.int32)], False, colour, 2, cv2.LINE_AA)
         label = f"{name} {history[0][name]:.4g} -> {history[-1][name]:.4g}"
@@ -344,7 +346,7 @@ def loss_curve_image(history, width=512, height=320):
         cv2.putText(img, f"{10 ** value:.2g}", (4, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, f"step {int(steps.min())}..{int(steps.max())}, loss on a log scale", (left, height - 10),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+    return img.astype(np.float32) / 255
 
 
 # ---- measuring what training bought ----------------------------------------------------------
