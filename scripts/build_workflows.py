@@ -355,7 +355,9 @@ MEASURE_JS = """async ([text, vue]) => {
         if (vue) {  // the Vue node's element (title bar included) as laid out, in graph units
             const r = element(node).getBoundingClientRect();
             const scale = window.app.canvas.ds.scale;
-            width = Math.max(width, r.width / scale);
+            const title = element(node).querySelector('[data-testid="node-title"] .truncate');
+            const cut = title ? Math.max(0, title.scrollWidth - title.clientWidth) : 0;  // its title's missing px
+            width = Math.max(width, (r.width + cut + 4) / scale);
             height = Math.max(height, r.height / scale - LiteGraph.NODE_TITLE_HEIGHT);
         }
         out[node.id] = [Math.ceil(Math.max(width, title)), Math.ceil(height)];

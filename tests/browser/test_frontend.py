@@ -38,7 +38,7 @@ SHOWN = """(el) => {
         return {shown: false, why: "hidden by CSS"};
     const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
     if (!top || !(top === el || el.contains(top) || top.contains(el)))
-        return {shown: false, why: `covered by ${top && (top.className || top.tagName)}`};
+        return {shown: false, why: `covered by ${top && (top.className || top.tagName)} at ${[r.left, r.top, r.width, r.height]}`};
     return {shown: true, box: [r.left, r.top, r.width, r.height]};
 }"""
 
@@ -61,7 +61,23 @@ def bring_into_view(page, node_type):
 
 def node_element_shown(page, node_type, find_js):
     """SHOWN for the element `find_js` ((node) => element) gives for the first node of `node_type`,
-    checked to sit inside that node's own element in the Vue renderer."""
+    checked to sit inside that node's own element in the Vue renderer. An element below the window's
+    bottom (a tall node) is scrolled up into view first, as a user would."""
+    moved = page.evaluate(f"""(type) => {{
+        const node = window.app.graph._nodes.find((n) => n.type === type);
+        const el = ({find_js})(node);
+        const r = el?.getBoundingClientRect();
+        if (!r || (r.top >= 0 && r.bottom <= window.innerHeight - 10)) return false;
+        const canvas = window.app.canvas;
+        canvas.ds.offset[1] += (120 - r.top) / canvas.ds.scale;
+        canvas.setDirty(true, true);
+        canvas.draw(true, true);
+        return true;
+    }}""", node_type)
+    if moved:
+        page.wait_for_timeout(400)
+        page.evaluate("() => { window.app.canvas.setDirty(true, true); window.app.canvas.draw(true, true); }")
+        page.wait_for_timeout(200)
     return page.evaluate(f"""([type, vue]) => {{
         const node = window.app.graph._nodes.find((n) => n.type === type);
         const el = ({find_js})(node);
