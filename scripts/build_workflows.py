@@ -14,8 +14,8 @@ Layout, as ComfyUI's own templates: the pipeline reads left to right, one titled
 "Measure" group below, and one short note. Front ends enlarge a node on load to what its widgets
 need (ComfyUI 0.8.0's more than the 2024 one), so every node is given the largest size that any
 front end measured for it: `--measure` loads the files in the current host's front end (or the one
-TA_FRONT_END names; headless Chromium), in each node renderer it has (the Vue nodes of front ends from
-1.2x on lay widgets out taller), and merges what it reads into scripts/workflow_node_sizes.json.
+TA_FRONT_END names; headless Chromium), in each node renderer it has (the Vue nodes, seen in front ends
+1.35.9, 1.49.6 and 1.58.1, lay widgets out taller), and merges what it reads into scripts/workflow_node_sizes.json.
 """
 import argparse
 import json
