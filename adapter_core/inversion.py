@@ -121,7 +121,11 @@ class InversionCache:
     def _path(self, key):
         return os.path.join(self.folder, f"{key}.safetensors")
 
-    def get(self, key):
+    def get(self, key, trajectory_shape, source_key, model_key):
+        """The inversion cached under `key` for a request whose trajectory is [K+1, T, C, H, W] =
+        `trajectory_shape`, from the source and model with these fingerprints; None on a miss. An entry
+        that is damaged (unreadable, not finite) or does not fit the request (another shape, source or
+        model) is removed and missed, never served."""
         path = self._path(key)
         if not os.path.exists(path):
             return None
@@ -129,7 +133,9 @@ class InversionCache:
             inv = Inversion.load(path)
         except Exception:  # a damaged entry is a miss, never an error
             inv = None
-        if inv is None or not all_finite(inv.trajectory, inv.sigmas):
+        if (inv is None or not all_finite(inv.trajectory, inv.sigmas)
+                or tuple(inv.trajectory.shape) != tuple(trajectory_shape) or inv.sigmas.shape[0] != trajectory_shape[0]
+                or (inv.source_key, inv.model_key) != (source_key, model_key)):
             os.remove(path)
             return None
         os.utime(path)

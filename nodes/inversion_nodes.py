@@ -100,7 +100,7 @@ class BilateralDDIMInversion:
         source_key = tensor_digest(x)
         key = inversion_key(source_key, model_key, conditioning_digest(conditioning), settings)
         cache = InversionCache(host.inversion_cache_dir())
-        inv = cache.get(key)
+        inv = cache.get(key, (steps + 1, *x.shape), source_key, model_key)
         cached = inv is not None
         if not cached:
             inv = self._run(model, conditioning, x, settings, plan, source_key, model_key)

@@ -282,6 +282,27 @@ def test_chunks_match_the_whole_clip_and_cache_is_reused(comfy_host, nodes_mod, 
     assert inv_whole.trajectory.shape == (6, 7, 4, 8, 8)
 
 
+def test_a_cache_entry_that_does_not_fit_the_request_is_recomputed(comfy_host, nodes_mod, clips):
+    """A damaged cache file holding another clip's trajectory under this request's key (2 frames for a
+    3-frame clip; another source or model fingerprint) is removed and recomputed, never served."""
+    from temporal_adapter.adapter_core.inversion import Inversion
+    from temporal_adapter.nodes import host
+    model, cond, vae = load(comfy_host, "ta_tiny_sd15.safetensors")
+    latent = encode(comfy_host, vae, frames_of(clips["bikes.mp4"], 3, 64))
+    shutil.rmtree(host.inversion_cache_dir(), ignore_errors=True)
+    first, inv, _ = invert(nodes_mod, model, cond, latent, 3)
+    (name,) = os.listdir(host.inversion_cache_dir())
+    path = os.path.join(host.inversion_cache_dir(), name)
+    wrong = [Inversion(inv.trajectory[:, :2].clone(), inv.sigmas, inv.settings, inv.source_key, inv.model_key),
+             Inversion(inv.trajectory.clone(), inv.sigmas, inv.settings, "another clip", inv.model_key)]
+    for entry in wrong:
+        entry.save(path)
+        again, inv_again, report = invert(nodes_mod, model, cond, latent, 3)
+        assert "(from cache)" not in report and inv_again.trajectory.shape == (4, 3, 4, 8, 8)
+        assert torch.equal(again["samples"], first["samples"]) and inv_again.source_key == inv.source_key
+    assert "(from cache)" in invert(nodes_mod, model, cond, latent, 3)[2]
+
+
 def test_incoming_model_is_never_modified(comfy_host, nodes_mod, clips):
     model, cond, vae = load(comfy_host, "ta_tiny_sd15.safetensors")
     nodes = comfy_host.nodes
