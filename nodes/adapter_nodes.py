@@ -214,6 +214,9 @@ class TA_SaveAdapter:
         prefix = filename_prefix.strip()
         if not prefix or os.path.basename(prefix) != prefix:
             raise ValueError(f"filename_prefix: give a plain name without folders, got {filename_prefix!r}")
+        if prefix.startswith("."):
+            raise ValueError(f"filename_prefix: {filename_prefix!r} starts with '.', which makes a hidden file that "
+                             "Load Adapter does not list; start the name with a letter or digit")
         taken = set(host.adapter_files())
         counter = 1
         while f"{prefix}_{counter:05}.safetensors" in taken:

@@ -262,6 +262,20 @@ def test_save_load_apply_matches_the_in_memory_adapter(comfy_host, mods, small, 
     assert resumed[2] == STEPS + 2
 
 
+def test_save_adapter_names_the_prefix_and_its_fault(mods, adapter_dir):
+    """A prefix that would make a hidden or misplaced file is refused naming filename_prefix and the fault;
+    nothing is written."""
+    adapter = Adapter.create(768, 2, {}, seed=0)
+    adapter.metadata["family"] = "SD15"
+    cases = [(".hidden", r"filename_prefix: '\.hidden' starts with '\.', which makes a hidden file that Load Adapter "
+                         r"does not list; start the name with a letter or digit"),
+             ("sub/name", r"filename_prefix: give a plain name without folders, got 'sub/name'")]
+    for prefix, message in cases:
+        with pytest.raises(ValueError, match=message):
+            mods[0].TA_SaveAdapter().save(adapter, prefix)
+    assert not os.listdir(adapter_dir)
+
+
 def test_bad_inputs_give_clear_errors_and_nothing_half_written(comfy_host, mods, small, trained, adapter_dir):
     import comfy.model_management
 
