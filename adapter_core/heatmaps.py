@@ -34,6 +34,24 @@ EPS = 1e-12
 
 # ---- tokens -------------------------------------------------------------------------------------
 
+def _byte_level_alphabet():
+    """{character: byte} of CLIP's byte-level BPE (OpenAI CLIP's simple_tokenizer.bytes_to_unicode, as in
+    GPT-2): printable Latin-1 bytes stand for themselves, the other bytes for the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+_BYTE_OF = _byte_level_alphabet()
+
+
+def decode_pieces(text):
+    """The text that joined byte-level BPE pieces stand for ("cafÃ©" -> "café", "ðŁĽ´" -> "🛴"); a
+    character outside the alphabet (e.g. "<embedding>") is kept as it is."""
+    data = b"".join(bytes([_BYTE_OF[c]]) if c in _BYTE_OF else c.encode() for c in text)
+    return data.decode("utf-8", errors="replace")
+
+
 def prompt_words(tokens):
     """Words of a tokenised prompt: [(text, [positions in the prompt])], in order.
 
@@ -43,7 +61,8 @@ def prompt_words(tokens):
     with a piece that CLIP's BPE marks as a word end ("</w>") or where the word id changes (an
     embedding's vectors share one id and carry no mark); a piece of punctuation joins the word before
     it ("car," as typed). Word ids alone are not enough: ComfyUI 0.8.0 gives a whole weighted segment
-    of the prompt one id.
+    of the prompt one id. A word's text is decoded from its pieces' bytes (one character may span
+    pieces), so "café" and "🛴" read as typed.
     """
     words = []
     previous_id, ended = None, True
@@ -58,7 +77,7 @@ def prompt_words(tokens):
         else:
             words.append([text, [position]])
         previous_id, ended = word_id, piece.endswith("</w>")
-    return [(text, positions) for text, positions in words]
+    return [(decode_pieces(text), positions) for text, positions in words]
 
 
 def _find(sequence, ids):

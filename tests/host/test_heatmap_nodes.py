@@ -161,6 +161,22 @@ def test_bad_input_fails_clearly(node, twolevel, change, message):
         run(node, model, clip, cond, latent(), **change)
 
 
+def test_words_beyond_ascii_are_listed_and_selected_as_written(node, twolevel, comfy_host):
+    """café, naïve, zürich, 自転車 and an emoji: listed as typed (not as CLIP's byte-level pieces) and
+    selectable by the word as written."""
+    model, clip = twolevel[:2]
+    text = "a café, naïve zürich 自転車 🛴 bike"
+    with torch.inference_mode():
+        cond = comfy_host.nodes.CLIPTextEncode().encode(clip, text)[0]
+    # the host's tokenizer decides where CJK words end: the 2024 host's marks each character as a word
+    with pytest.raises(ValueError, match=r"'bus' is not in the prompt. The prompt's words are: a, café,, naïve, "
+                                         r"zürich, (自転車|自, 転, 車), 🛴, bike\."):
+        run(node, model, clip, cond, latent(), words="bus", text=text)
+    report = run(node, model, clip, cond, latent(), words="café, 自転車, 🛴", text=text)["result"][3]
+    positions = ", ".join(f"#{i}" for i in range(10, 19))
+    assert f"tokens: café = #2; 自転車 = {positions}; 🛴 = #19, #20" in report, report
+
+
 @pytest.mark.parametrize("text", ["-3", "0"])
 def test_timesteps_outside_the_schedule_are_refused_not_snapped(node, twolevel, text):
     """Steps 50 run from 981 down to 1: 0 and -3 used to become 1 without a word."""

@@ -43,6 +43,19 @@ def test_words_come_from_the_tokens_on_every_host():
     assert hm.prompt_words(embedded) == [("<embedding><embedding>", [0, 1]), ("a", [2]), ("<embedding>", [3])]
 
 
+def test_words_are_decoded_from_the_bytes_of_their_pieces():
+    """CLIP's BPE is byte-level: "café" is the piece "cafÃ©</w>" and one character can span pieces (the
+    scooter emoji is "ðŁĽ" + "´</w>", each CJK character three pieces); words read as typed (pieces of
+    "a café, naïve 自転 🛴" as the host's CLIP tokenizer gives them)."""
+    pieces = ["a</w>", "cafÃ©</w>", ",</w>", "na", "Ã¯", "ve</w>", "è", "ĩ", "ª</w>", "è", "»", "¢</w>", "ðŁĽ", "´</w>"]
+    ids = [1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4, 5, 5]
+    tokens = [(START, "<|startoftext|>", 0)] + [(100 + i, p, w) for i, (p, w) in enumerate(zip(pieces, ids))]
+    assert [w for w, _ in hm.prompt_words(tokens)] == ["a", "café,", "naïve", "自", "転", "🛴"]
+    assert hm.prompt_words(tokens)[-1] == ("🛴", [13, 14])
+    with pytest.raises(ValueError, match="The prompt's words are: a, café,, naïve, 自, 転, 🛴"):
+        hm.select_tokens("bus", tokens, lambda text: [999], START, END)
+
+
 def test_groups_and_indices_follow_the_adapter_layout():
     sel = dict(select("<shared>, <unshared>, <start>, <end>, #0-1, car", shared=4, unshared=2))
     assert sel["<shared>"] == [0, 1, 2, 3] and sel["<unshared>"] == [4, 5]
