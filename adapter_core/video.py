@@ -279,6 +279,23 @@ def shown_duration_ms(duration_ms):
     return duration_ms if duration_ms and duration_ms > 10 else 100
 
 
+# The shortest frame (ms) each animated-image format plays as asked: players show frames of 10 ms or less
+# for 100 ms (shown_duration_ms), and GIF stores delays in 1/100 s.
+SHORTEST_FRAME_MS = {"gif": 20, "webp": 11}
+
+
+def check_played_rate(fmt, fps):
+    """Raise VideoError naming `fps` when an animated `fmt` ("gif", "webp") written at `fps` would not
+    play at that rate: its frames, stored as round(1000 / fps) ms (GIF: whole 1/100 s), would last 10 ms
+    or less and be shown for 100 ms each (a 60 fps GIF plays at 10 fps). Other formats have no limit."""
+    shortest = SHORTEST_FRAME_MS.get(fmt)
+    stored = round(1000 / fps) // 10 * 10 if fmt == "gif" else round(1000 / fps)
+    if shortest and stored < shortest:
+        raise VideoError(f"fps: {fps:g} is faster than {fmt} plays: its frames would last {stored} ms, and players "
+                         f"show frames of 10 ms or less for 100 ms (it would play at 10 fps). Use "
+                         f"{int(1000 / (shortest - 0.5))} fps or less for {fmt}, or save mp4 or webm")
+
+
 class _ContainerSource:
     """The first video stream of any container FFmpeg demuxes, decoded with frame threads.
 
@@ -1002,6 +1019,7 @@ def save(images, path, fmt, fps, crf=DEFAULT_CRF, metadata=None, progress=None, 
         raise VideoError(f"{os.path.basename(path)}: no frames to save (the image batch is empty)")
     if not fps > 0:
         raise VideoError(f"{os.path.basename(path)}: fps must be above 0, got {fps}")
+    check_played_rate(fmt, fps)
     height, width = images.shape[1:3]
     frames = to_uint8(images, even=fmt in _AV_FORMATS)
     _write_atomic(_counted(iter(frames), len(frames), progress), path, fmt, fps, crf, dict(metadata or {}))

@@ -157,6 +157,22 @@ def test_saver_writes_each_format_with_preview_and_counter(nodes, input_dir, com
         assert json.loads(tags["prompt"])["1"]["class_type"] == "TA_SaveVideo"
 
 
+@pytest.mark.parametrize("fmt,fastest,refused", [("gif", 51, [52, 60, 240]), ("webp", 95, [96, 240])])
+def test_saver_refuses_rates_the_animated_formats_do_not_play(nodes, input_dir, comfy_host, fmt, fastest, refused):
+    """Players show gif/webp frames of 10 ms or less for 100 ms (GIF counts in 1/100 s): a faster fps is
+    refused naming fps and the limit, nothing written; the fastest rate that plays is saved as asked."""
+    images = load(nodes, video="bikes.mp4", frame_load_cap=3, custom_width=64)[0]
+    folder = os.path.join(comfy_host.folder_paths.get_output_directory(), "ta_test", f"rate_{fmt}")
+    for fps in refused:
+        with pytest.raises(Exception, match=rf"fps: {fps} is faster than {fmt} plays: .* Use {fastest} fps or less"):
+            save(nodes, images, fps=float(fps), format=fmt, filename_prefix=f"ta_test/rate_{fmt}/clip")
+        assert not os.path.isdir(folder) or not os.listdir(folder)
+    path = save(nodes, images, fps=float(fastest), format=fmt, filename_prefix=f"ta_test/rate_{fmt}/clip")["result"][0]
+    with Image.open(path) as im:
+        im.load()  # webp reads a frame's duration with the frame
+        assert im.info["duration"] == (20 if fmt == "gif" else 11)
+
+
 def test_saver_respects_disable_metadata(nodes, input_dir, monkeypatch):
     import comfy.cli_args
     monkeypatch.setattr(comfy.cli_args.args, "disable_metadata", True)
