@@ -7,6 +7,7 @@ from PIL import Image
 
 from ..adapter_core import ddim
 from ..adapter_core import heatmaps as core
+from ..adapter_core.finite import all_finite
 from ..adapter_core.layout import choose_blocks, names
 from . import checks, host
 
@@ -132,16 +133,18 @@ class AttentionHeatmaps:
                                                chosen, model_sigmas)
         bar = host.Progress(run.calls * (2 if baseline_model is not None or baseline_conditioning is not None else 1))
         run(model, conditioning, recorder, bar)
-        runs = [("this run", recorder.alignment())]
+        raw = recorder.maps(selection)
+        runs = [("this run", _finite(recorder.alignment(), "model", raw))]
         if baseline_model is not None or baseline_conditioning is not None:
             base_model = baseline_model if baseline_model is not None else model
             host.check_supported(base_model, "baseline_model")
             baseline = core.CrossAttentionRecorder([], x.shape[-2:], chosen, model_sigmas)
             run(base_model, baseline_conditioning if baseline_conditioning is not None else conditioning, baseline,
                 bar, offset=run.calls)
-            runs.append(("baseline", baseline.alignment()))
+            runs.append(("baseline", _finite(baseline.alignment(),
+                                             "baseline_model" if baseline_model is not None else "model")))
 
-        maps = core.normalize_maps(recorder.maps(selection), normalize)
+        maps = core.normalize_maps(raw, normalize)
         labels = [label for label, _ in selection]
         plain, overlays, grid, masks = self._render(maps, images, labels, alpha, colormap)
         report = self._report(mode, frames, sigmas, chosen, recorder, block_ids, selection, runs, notes)
@@ -190,7 +193,19 @@ class AttentionHeatmaps:
                  "pairs and recorded calls):", core.alignment_table(runs)]
         data = {label: {f"{b[0]} {b[1]}.{b[2]}": [round(float(v), 6) for v in table[b]] for b in table}
                 for label, table in runs}
-        return "\n".join(lines) + "\n" + json.dumps({"timesteps": chosen, "alignment_per_pair": data})
+        return "\n".join(lines) + "\n" + json.dumps({"timesteps": chosen, "alignment_per_pair": data}, allow_nan=False)
+
+
+def _finite(alignment, input_name, maps=None):
+    """`alignment` ({block: [error per adjacent pair]}) after checking it (and `maps`) holds no NaN or
+    infinity, which a model with broken weights gives; else ValueError naming the model input, as the
+    inverter refuses the same model."""
+    values = torch.tensor([float(v) for errors in alignment.values() for v in errors])
+    if not all_finite(values, *([] if maps is None else [maps])):
+        raise ValueError(f"{input_name}: its cross-attention came out NaN or infinite (nothing was saved): the model "
+                         "gives non-finite outputs on these frames; check the model and what patches it upstream (a "
+                         "LoRA or merge with broken weights)")
+    return alignment
 
 
 class Capture:

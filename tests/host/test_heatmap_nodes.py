@@ -177,6 +177,21 @@ def test_words_beyond_ascii_are_listed_and_selected_as_written(node, twolevel, c
     assert f"tokens: café = #2; 自転車 = {positions}; 🛴 = #19, #20" in report, report
 
 
+def test_a_model_that_gives_nan_attention_is_refused(node, twolevel, comfy_host):
+    """A model whose cross-attention comes out NaN (a patch upstream with broken weights, like a LoRA at
+    strength NaN) is refused naming the model, as the inverter refuses it; nothing is saved."""
+    model, clip, cond, _ = twolevel
+    broken = model.clone()
+    broken.set_model_attn2_patch(lambda n, context, value, extra_options: (n, context * float("nan"), value))
+    output = comfy_host.folder_paths.get_output_directory()
+    before = sorted(os.listdir(output)) if os.path.isdir(output) else []
+    with pytest.raises(ValueError, match=r"model: its cross-attention came out NaN or infinite \(nothing was saved\)"):
+        run(node, broken, clip, cond, latent())
+    with pytest.raises(ValueError, match=r"baseline_model: its cross-attention came out NaN or infinite"):
+        run(node, model, clip, cond, latent(), baseline_model=broken)
+    assert (sorted(os.listdir(output)) if os.path.isdir(output) else []) == before
+
+
 @pytest.mark.parametrize("text", ["-3", "0"])
 def test_timesteps_outside_the_schedule_are_refused_not_snapped(node, twolevel, text):
     """Steps 50 run from 981 down to 1: 0 and -3 used to become 1 without a word."""
