@@ -60,12 +60,15 @@ function addCurve(node) {
 	widget.serialize = false;
 	const draw = () => {
 		const history = node.lossHistory;
+		// the bitmap follows the size the renderer lays the element out at (the Vue nodes stretch it to
+		// fill the node), so the curve is drawn crisp instead of scaled
 		const width = Math.max(Math.round(canvas.clientWidth || node.size[0] - 16), 1);
+		const height = Math.max(Math.round(canvas.clientHeight || HEIGHT), 1);
 		if (canvas.width !== width) canvas.width = width;
-		if (canvas.height !== HEIGHT) canvas.height = HEIGHT;
+		if (canvas.height !== height) canvas.height = height;
 		const ctx = canvas.getContext("2d");
 		ctx.clearRect(0, 0, canvas.width, canvas.height);
-		if (history?.length) drawCurve(ctx, history, 0, 0, canvas.width, HEIGHT);
+		if (history?.length) drawCurve(ctx, history, 0, 0, width, height);
 		canvas.dataset.steps = String(history?.length ?? 0);
 	};
 	if (typeof ResizeObserver !== "undefined") {

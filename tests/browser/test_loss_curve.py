@@ -14,6 +14,7 @@ pytestmark = pytest.mark.browser
 
 STEPS, SEED = 6, 4242  # a seed no other test uses, so the host cannot answer from its cache
 CURVE_HEIGHT = 140  # HEIGHT in js/loss_curve.js
+MIN_SHOWN_HEIGHT = 120  # what the 2024 front end lays a DOM widget of that height out at
 COLOURS = {"total": (0xE0, 0xE0, 0xE0), "denoise": (0x4A, 0x9F, 0xE0), "temporal": (0xE0, 0x50, 0x50)}
 
 TRAINER = "window.app.graph._nodes.find((n) => n.type === 'TA_TrainAdapter')"
@@ -57,7 +58,7 @@ SNAPSHOT = f"""([colours, height]) => {{
         layout.widgetsBottom = Math.max(...bottoms);
     }}
     return {{ counts, background, pixels: box.length / 4, texts, size: [...node.size], min: [...node.computeSize()],
-              canvasHeight: canvas.height, ...layout,
+              bitmap: [canvas.width, canvas.height], laidOut: [canvas.clientWidth, canvas.clientHeight], ...layout,
               history: (node.lossHistory || []).map((r) => [r.step, r.steps, r.total, r.denoise, r.temporal]) }};
 }}"""
 
@@ -116,7 +117,10 @@ def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips
     # The node grew tall enough for its widgets and the curve under them (the size it was given is
     # not), and the curve is drawn there: mostly its background, with every term's line.
     assert after["size"][1] >= after["min"][1] > OLD_HEIGHT and after["widgetsBottom"] <= after["curveTop"]
-    assert after["canvasHeight"] == CURVE_HEIGHT and after["background"] > 0.5 * after["pixels"]
+    # drawn at the size the renderer lays the canvas out at (the Vue nodes stretch it, the 2024 front end
+    # gives a DOM widget 120 px), never scaled
+    assert after["bitmap"] == after["laidOut"] and after["laidOut"][1] >= MIN_SHOWN_HEIGHT, after
+    assert after["background"] > 0.5 * after["pixels"]
     assert all(count >= 20 for count in after["counts"].values()), after["counts"]
     shown = {t.split()[0]: float(t.split()[1]) for t in after["texts"]
              if re.fullmatch(r"(total|denoise|temporal) \S+", t)}
@@ -141,4 +145,11 @@ def test_the_trainer_node_draws_the_streamed_loss_curve(page, live_server, clips
     again = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
     assert [r[0] for r in again["history"]] == list(range(1, STEPS - 1))
     assert f"step {STEPS - 2}/{STEPS - 2}" in again["texts"]
+    # A node taller than it needs (a workflow saved at a larger size): the Vue nodes stretch the curve's
+    # element to fill it, and the curve is drawn at that size, not scaled up from its own
+    page.evaluate(f"(extra) => {{ const node = {TRAINER}; node.setSize([node.size[0], node.computeSize()[1] + extra]);"
+                  " node.setDirtyCanvas(true, true); }", 200)
+    page.wait_for_timeout(500)
+    tall = page.evaluate(SNAPSHOT, [COLOURS, CURVE_HEIGHT])
+    assert tall["bitmap"] == tall["laidOut"] and tall["laidOut"][1] >= MIN_SHOWN_HEIGHT, tall
     assert not [e for e in page.errors if "loss" in e.lower()], page.errors
