@@ -45,18 +45,23 @@ def load_manifest():
 FRONT_END_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
+def front_end_folder(value, cache):
+    """Where the front end that TA_FRONT_END=`value` names lives: a comfyui-frontend-package version (e.g.
+    1.58.1) in the cache's frontends/<version>/ (`scripts/ta.py setup` unpacks it there), else `value` as a
+    folder holding index.html."""
+    if FRONT_END_VERSION.fullmatch(value):
+        return os.path.join(cache, "frontends", value)
+    return os.path.abspath(value)
+
+
 def front_end_root(manifest=None):
-    """The folder of the front end that $TA_FRONT_END names, for the server's `--front-end-root`: a folder
-    holding index.html as it is, or a comfyui-frontend-package version (e.g. 1.58.1) that `scripts/ta.py
-    setup` unpacked into the cache's frontends/<version>/. None when unset: the host's own front end."""
+    """The folder of the front end that $TA_FRONT_END names, for the server's `--front-end-root`
+    (front_end_folder, checked). None when unset: the host's own front end."""
     value = os.environ.get("TA_FRONT_END")
     if not value:
         return None
-    if FRONT_END_VERSION.fullmatch(value):
-        cache = (manifest or {}).get("cache") or os.environ.get("TA_CACHE") or os.path.join(REPO, ".cache")
-        folder = os.path.join(cache, "frontends", value)
-    else:
-        folder = os.path.abspath(value)
+    cache = (manifest or {}).get("cache") or os.environ.get("TA_CACHE") or os.path.join(REPO, ".cache")
+    folder = front_end_folder(value, cache)
     if not os.path.isfile(os.path.join(folder, "index.html")):
         raise SystemExit(f"TA_FRONT_END={value}: no front end at {folder} (no index.html); provision it with "
                          f"`TA_FRONT_END={value} python3 scripts/ta.py setup`")

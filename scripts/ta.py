@@ -36,6 +36,7 @@ import zipfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import make_weights  # noqa: E402  (imports nothing heavy at module level)
+from comfy_client import FRONT_END_VERSION, front_end_folder  # noqa: E402  (standard library only)
 sys.path.insert(0, REPO)
 from adapter_core.atomic import atomic_path  # noqa: E402  (standard library only)
 
@@ -427,16 +428,12 @@ def front_end():
     value = os.environ.get("TA_FRONT_END")
     if not value:
         return None
-    if os.path.isdir(value) or os.sep in value:
-        if not os.path.isfile(os.path.join(value, "index.html")):
-            raise SystemExit(f"TA_FRONT_END={value}: no index.html there (name a built front end's folder, "
-                             "or a comfyui-frontend-package version such as 1.58.1)")
-        return os.path.abspath(value)
-    if not re.fullmatch(r"\d+\.\d+\.\d+", value):
-        raise SystemExit(f"TA_FRONT_END={value}: neither a folder nor a front-end version such as 1.58.1")
-    dest = os.path.join(CACHE, "frontends", value)
+    dest = front_end_folder(value, CACHE)
     if os.path.isfile(os.path.join(dest, "index.html")):
         return dest
+    if not FRONT_END_VERSION.fullmatch(value):
+        raise SystemExit(f"TA_FRONT_END={value}: no index.html there (name a built front end's folder, "
+                         "or a comfyui-frontend-package version such as 1.58.1)")
     wheel = os.path.join(DOWNLOADS, f"comfyui_frontend_package-{value}-py3-none-any.whl")
     if not os.path.exists(wheel):
         run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", DOWNLOADS,
