@@ -284,16 +284,23 @@ def shown_duration_ms(duration_ms):
 SHORTEST_FRAME_MS = {"gif": 20, "webp": 11}
 
 
-def check_played_rate(fmt, fps):
-    """Raise VideoError naming `fps` when an animated `fmt` ("gif", "webp") written at `fps` would not
-    play at that rate: its frames, stored as round(1000 / fps) ms (GIF: whole 1/100 s), would last 10 ms
-    or less and be shown for 100 ms each (a 60 fps GIF plays at 10 fps). Other formats have no limit."""
+def fastest_played_rate(fmt):
+    """The highest whole fps at which an animated `fmt` ("gif", "webp") plays as asked (gif 51, webp 95),
+    None for other formats: its frames, stored as round(1000 / fps) ms, are then SHORTEST_FRAME_MS long."""
     shortest = SHORTEST_FRAME_MS.get(fmt)
-    stored = round(1000 / fps) // 10 * 10 if fmt == "gif" else round(1000 / fps)
-    if shortest and stored < shortest:
+    return int(1000 / (shortest - 0.5)) if shortest else None
+
+
+def check_played_rate(fmt, fps):
+    """Raise VideoError naming `fps` when it is above fastest_played_rate(fmt): faster, an animated gif or
+    webp has frames (stored as round(1000 / fps) ms; GIF: whole 1/100 s) of 10 ms or less, shown for 100 ms
+    each (a 60 fps GIF plays at 10 fps). Other formats have no limit."""
+    fastest = fastest_played_rate(fmt)
+    if fastest is not None and fps > fastest:
+        stored = round(1000 / fps) // 10 * 10 if fmt == "gif" else round(1000 / fps)
         raise VideoError(f"fps: {fps:g} is faster than {fmt} plays: its frames would last {stored} ms, and players "
                          f"show frames of 10 ms or less for 100 ms (it would play at 10 fps). Use "
-                         f"{int(1000 / (shortest - 0.5))} fps or less for {fmt}, or save mp4 or webm")
+                         f"{fastest} fps or less for {fmt}, or save mp4 or webm")
 
 
 class _ContainerSource:

@@ -165,8 +165,9 @@ class TA_SaveVideo:
                     "tooltip": "Frame rate of the file; connect the loader's fps to keep the source "
                                "timing. gif stores delays in 1/100 s and webp in 1/1000 s, so other "
                                "rates come out rounded there (30 fps gif plays at 33.3). Players show "
-                               "frames of 10 ms or less for 100 ms, so gif plays at most 51 fps and webp "
-                               "95 fps: a faster rate is refused for them (mp4 and webm take any rate)."}),
+                               f"frames of 10 ms or less for 100 ms, so gif plays at most "
+                               f"{core.fastest_played_rate('gif')} fps and webp {core.fastest_played_rate('webp')} "
+                               "fps: a faster rate is refused for them (mp4 and webm take any rate)."}),
                 "filename_prefix": ("STRING", {
                     "default": "TemporalAdapter/video",
                     "tooltip": "Name in the output folder; '/' makes subfolders. A counter is added: "
